@@ -1,0 +1,1 @@
+"""Shared pytest configuration: the levels live in tests/unit, transport, fs and fault."""
