@@ -35,6 +35,9 @@ class Codec(ABC):
     #: the backend's name as recorded in a filesystem's format: "mirror", "xor", "isal", "zfec"
     backend: str
 
+    #: M rows of K GF(2^8) coefficients: coding chunk K+j = XOR_i coding_matrix[j][i] * data_i
+    coding_matrix: tuple[tuple[int, ...], ...]
+
     def __init__(self, scheme: Scheme, chunk_size: int):
         if chunk_size < 1:
             raise CodecError(f"chunk size must be positive, got {chunk_size}")
@@ -53,6 +56,21 @@ class Codec(ABC):
     def total_chunks(self) -> int:
         return self.scheme.width
 
+    def coefficient(self, coding_index: int, data_index: int) -> int:
+        """The GF(2^8) coefficient of data chunk ``data_index`` in coding chunk ``coding_index``.
+
+        Every code here is linear and byte-position-wise: coding chunk K+j is the XOR over i
+        of ``coefficient(K+j, i) * data_i`` (GF(2^8), polynomial 0x11d). A forwarded write
+        therefore updates coding chunk K+j with ``gf_mad(coding, coef, old ^ new)`` (see
+        ``resilfs.codec.kernels``). Raises CodecError for an index outside its range.
+        """
+        k, m = self.data_chunks, self.coding_chunks
+        if not (isinstance(coding_index, int) and k <= coding_index < k + m):
+            raise CodecError(f"{coding_index!r} is not a coding chunk number ({k}..{k + m - 1})")
+        if not (isinstance(data_index, int) and 0 <= data_index < k):
+            raise CodecError(f"{data_index!r} is not a data chunk number (0..{k - 1})")
+        return self.coding_matrix[coding_index - k][data_index]
+
     @property
     def stripe_size(self) -> int:
         """Bytes of file data one stripe holds (K chunks)."""
@@ -67,16 +85,23 @@ class Codec(ABC):
         """
 
     @abstractmethod
-    def decode(self, available: Mapping[int, object], wanted: Sequence[int]) -> dict[int, memoryview]:
+    def decode(self, available: Mapping[int, object], wanted: Sequence[int],
+               out: Mapping[int, object] | None = None) -> dict[int, memoryview]:
         """Reconstruct the chunks numbered ``wanted`` (data or coding) from ``available``.
 
         ``available`` maps chunk numbers to chunk buffers. Raises NotEnoughChunks when the
-        available chunks cannot determine the wanted ones.
+        available chunks cannot determine the wanted ones. A wanted chunk that is available
+        is returned as a view of its buffer (no copy). ``out``, if given, maps chunk numbers
+        to writable ``chunk_size`` buffers that reconstructed chunks are written into; other
+        reconstructed chunks are new buffers.
         """
 
     @abstractmethod
     def minimum_to_decode(self, wanted: set[int], available: set[int]) -> set[int]:
-        """Which of ``available`` must be read to obtain ``wanted``; NotEnoughChunks if none suffice."""
+        """Which of ``available`` must be read to obtain ``wanted``.
+
+        Raises NotEnoughChunks if no subset suffices, CodecError for an unknown chunk number.
+        """
 
     @abstractmethod
     def update(self, index: int, old: object, new: object, coding: Sequence) -> None:

@@ -1,0 +1,174 @@
+"""Pure-Python twins of the extensions in ext/: the test oracle, and the fallback when an
+extension is not built.
+
+Same functions, same arguments, same results byte for byte, same errors (ValueError for
+wrong counts or lengths, TypeError/BufferError for non-buffers) as ``resilfs._xor`` and the
+field and matrix helpers of ``resilfs._isal``. The field is GF(2^8) with polynomial 0x11d,
+the one ISA-L and zfec both use. Slow: meant for tests, small updates and fallback.
+"""
+import numpy as np
+
+POLYNOMIAL = 0x11D
+
+
+def _field_tables() -> tuple[list[int], list[int]]:
+    exp = [0] * 512
+    log = [0] * 256
+    x = 1
+    for power in range(255):
+        exp[power] = x
+        log[x] = power
+        x <<= 1
+        if x & 0x100:
+            x ^= POLYNOMIAL
+    for power in range(255, 512):
+        exp[power] = exp[power - 255]
+    return exp, log
+
+
+_EXP, _LOG = _field_tables()
+
+
+def _check_element(a: int) -> None:
+    if not 0 <= a <= 255:
+        raise ValueError(f"{a} is not a GF(2^8) element (0..255)")
+
+
+def gf_mul(a: int, b: int) -> int:
+    """Product of two GF(2^8) elements (0..255)."""
+    _check_element(a)
+    _check_element(b)
+    if a == 0 or b == 0:
+        return 0
+    return _EXP[_LOG[a] + _LOG[b]]
+
+
+def gf_inv(a: int) -> int:
+    """Inverse of a non-zero GF(2^8) element; ValueError for 0."""
+    _check_element(a)
+    if a == 0:
+        raise ValueError("0 has no inverse in GF(2^8)")
+    return _EXP[255 - _LOG[a]]
+
+
+#: MUL_TABLE[a][b] == gf_mul(a, b), as a 256 x 256 numpy array for vectorised lookups.
+MUL_TABLE = np.array([[gf_mul(a, b) for b in range(256)] for a in range(256)], dtype=np.uint8)
+
+
+def _bytes_view(buf, writable: bool = False) -> memoryview:
+    view = memoryview(buf)
+    if not view.c_contiguous:
+        raise BufferError("buffer is not C-contiguous")
+    if writable and view.readonly:
+        raise TypeError("output buffer is read-only")
+    return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
+
+
+def xor_into(out, sources, accumulate: bool = False) -> None:
+    """``out = XOR(sources)`` (``out ^= XOR(sources)`` if ``accumulate``); see resilfs._xor."""
+    sources = list(sources)
+    if not sources and not accumulate:
+        raise ValueError("xor_into needs at least one source")
+    target = _bytes_view(out, writable=True)
+    views = [_bytes_view(s) for s in sources]
+    for i, view in enumerate(views):
+        if view.nbytes != target.nbytes:
+            raise ValueError(f"source {i} has {view.nbytes} bytes, out has {target.nbytes}")
+    acc = int.from_bytes(target, "little") if accumulate else 0
+    for view in views:
+        acc ^= int.from_bytes(view, "little")
+    target[:] = acc.to_bytes(target.nbytes, "little")
+
+
+def gf_mad(target, coef: int, delta) -> None:
+    """``target ^= coef * delta`` byte by byte in GF(2^8); see resilfs._isal.gf_mad."""
+    _check_element(coef)
+    out = _bytes_view(target, writable=True)
+    src = _bytes_view(delta)
+    if src.nbytes != out.nbytes:
+        raise ValueError(f"delta has {src.nbytes} bytes, target has {out.nbytes}")
+    if coef == 0 or out.nbytes == 0:
+        return
+    arr = np.frombuffer(out, dtype=np.uint8)
+    arr ^= MUL_TABLE[coef][np.frombuffer(src, dtype=np.uint8)]
+
+
+def cauchy_matrix(total: int, k: int) -> bytes:
+    """ISA-L's gf_gen_cauchy1_matrix: k identity rows, then rows 1 / (i ^ j)."""
+    if k < 1 or total < k or total > 256:
+        raise ValueError(f"no Cauchy matrix for {total} rows of {k} columns")
+    rows = []
+    for i in range(total):
+        if i < k:
+            rows.extend(1 if j == i else 0 for j in range(k))
+        else:
+            rows.extend(gf_inv(i ^ j) for j in range(k))
+    return bytes(rows)
+
+
+def invert_matrix(matrix, n: int) -> bytes:
+    """Inverse of the ``n`` x ``n`` matrix (Gauss-Jordan); ValueError if it is singular."""
+    if n < 1 or len(matrix) != n * n:
+        raise ValueError(f"expected {n * n} matrix bytes, got {len(matrix)}")
+    a = [list(matrix[r * n:(r + 1) * n]) for r in range(n)]
+    inv = [[1 if c == r else 0 for c in range(n)] for r in range(n)]
+    for col in range(n):
+        pivot = next((r for r in range(col, n) if a[r][col]), None)
+        if pivot is None:
+            raise ValueError("matrix is singular")
+        a[col], a[pivot] = a[pivot], a[col]
+        inv[col], inv[pivot] = inv[pivot], inv[col]
+        scale = gf_inv(a[col][col])
+        a[col] = [gf_mul(scale, v) for v in a[col]]
+        inv[col] = [gf_mul(scale, v) for v in inv[col]]
+        for r in range(n):
+            factor = a[r][col]
+            if r != col and factor:
+                a[r] = [v ^ gf_mul(factor, p) for v, p in zip(a[r], a[col], strict=True)]
+                inv[r] = [v ^ gf_mul(factor, p) for v, p in zip(inv[r], inv[col], strict=True)]
+    return bytes(v for row in inv for v in row)
+
+
+class Tables:
+    """Twin of resilfs._isal.Tables: apply a ``rows`` x ``k`` coefficient matrix."""
+
+    def __init__(self, k: int, rows: int, coefficients):
+        if not (1 <= k <= 255 and 1 <= rows <= 255):
+            raise ValueError(f"bad table shape {rows} x {k}")
+        coef = bytes(coefficients)
+        if len(coef) != k * rows:
+            raise ValueError(f"expected {k * rows} coefficients, got {len(coef)}")
+        self.k, self.rows, self._coef = k, rows, coef
+
+    def _outputs(self, outputs, length: int) -> list[memoryview]:
+        outs = [_bytes_view(o, writable=True) for o in outputs]
+        if len(outs) != self.rows:
+            raise ValueError(f"expected {self.rows} output buffers, got {len(outs)}")
+        for i, out in enumerate(outs):
+            if out.nbytes != length:
+                raise ValueError(f"output buffer {i} has {out.nbytes} bytes, expected {length}")
+        return outs
+
+    def encode(self, sources, outputs) -> None:
+        """Write ``rows`` outputs from ``k`` equal-length sources."""
+        srcs = [_bytes_view(s) for s in sources]
+        if len(srcs) != self.k:
+            raise ValueError(f"expected {self.k} source buffers, got {len(srcs)}")
+        length = srcs[0].nbytes
+        for i, src in enumerate(srcs):
+            if src.nbytes != length:
+                raise ValueError(f"source buffer {i} has {src.nbytes} bytes, expected {length}")
+        outs = self._outputs(outputs, length)
+        for r, out in enumerate(outs):
+            acc = np.zeros(length, dtype=np.uint8)
+            for i, src in enumerate(srcs):
+                acc ^= MUL_TABLE[self._coef[r * self.k + i]][np.frombuffer(src, np.uint8)]
+            out[:] = acc.tobytes()
+
+    def update(self, index: int, source, outputs) -> None:
+        """Add ``coef[r][index] * source`` into each of the ``rows`` outputs."""
+        if not 0 <= index < self.k:
+            raise ValueError(f"source index {index} outside 0..{self.k - 1}")
+        src = _bytes_view(source)
+        for r, out in enumerate(self._outputs(outputs, src.nbytes)):
+            gf_mad(out, self._coef[r * self.k + index], src)
