@@ -1,0 +1,399 @@
+"""The appliance's network side: accepts connections and serves protocol frames.
+
+Listens on tcp and on an abstract Unix socket named after the tcp port (the shm transport,
+see ``protocol.shm_socket_name``). One trio task per connection reads frames in order and
+answers each before reading the next; clients pipeline, so many requests are in flight on a
+connection at once. Bulk data moves between the socket and region mappings without Python
+copies.
+
+A refused operation gets an error reply and the connection goes on. A frame that breaks the
+framing (wrong version, oversized, a failed authentication) gets an error reply and the
+connection is closed. Nothing a client sends can stop the appliance or touch another
+client's connection. Cancelling ``serve()`` closes every connection.
+"""
+import array
+import logging
+import socket
+import time
+
+import trio
+
+from .. import auth
+from ..protocol import (
+    DATA_PREFIX,
+    MAX_CONTROL,
+    MAX_DATA,
+    MAX_NAME,
+    MAX_RECORD,
+    OP_NAMES,
+    RANGE,
+    REGION_DESC,
+    REGION_REF,
+    REPLY,
+    STAT_REPLY,
+    U32,
+    U64,
+    Op,
+    Reader,
+    Unsupported,
+    Writer,
+    pack_extents,
+    pack_header,
+    shm_socket_name,
+    status_of,
+    unpack_extents,
+    unpack_ranges,
+)
+from ..protocol_io import ConnectionClosed, FrameReader, send_buffers
+from ..transport.base import ApplianceError, AuthenticationFailed, ProtocolViolation
+from .store import STATUS_SLOTS, check_range
+
+log = logging.getLogger(__name__)
+
+AUTH_TIMEOUT = 10.0  # seconds a new connection has to authenticate
+MAX_CONNECTIONS = 256
+
+
+class Appliance:
+    """Serves one region store, record store and intent log to authenticated clients."""
+
+    def __init__(self, *, store, records, intents, secret: bytes, appliance_id: str, metrics):
+        self.store = store
+        self.records = records
+        self.intents = intents
+        self.secret = secret
+        self.appliance_id = appliance_id
+        self.metrics = metrics
+        self.port = None
+        self._connections = 0
+
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
+        """Listen on ``host:port`` and its Unix socket; report the tcp port once listening.
+
+        Raises OSError if either address cannot be bound.
+        """
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        tcp = trio.socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await tcp.bind((host, port))
+        tcp.listen(128)
+        self.port = tcp.getsockname()[1]
+        unix = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await unix.bind(shm_socket_name(self.port))
+        unix.listen(128)
+        with tcp, unix:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._accept, tcp, nursery, False)
+                nursery.start_soon(self._accept, unix, nursery, True)
+                task_status.started(self.port)
+
+    async def _accept(self, listener, nursery, local: bool) -> None:
+        while True:
+            try:
+                sock, address = await listener.accept()
+            except OSError as e:  # e.g. EMFILE: wait a little rather than spin
+                log.error("accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            peer = "unix" if local else f"{address[0]}:{address[1]}"
+            if self._connections >= MAX_CONNECTIONS:
+                log.error("refusing connection from %s: %d connections open", peer,
+                          self._connections)
+                sock.close()
+                continue
+            if not local:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nursery.start_soon(Connection(self, sock, peer, local).run)
+
+
+class Connection:
+    """One client connection: handshake, then frames until it closes or breaks framing."""
+
+    def __init__(self, appliance: Appliance, sock, peer: str, local: bool):
+        self.a = appliance
+        self.sock = sock
+        self.peer = peer
+        self.local = local
+        self.reader = FrameReader(sock)
+        self.ops = 0
+        self.authenticated = False
+        self.data_ops = {Op.READ: self._read, Op.WRITE: self._write, Op.READV: self._readv,
+                         Op.WRITEV: self._writev}
+        self.control_ops = {
+            Op.ALLOC: self._alloc, Op.FREE: self._free, Op.CLONE: self._clone,
+            Op.LIST: self._list, Op.LOOKUP: self._lookup, Op.STAT: self._stat,
+            Op.RECORD_GET: self._record_get, Op.RECORD_PUT: self._record_put,
+            Op.RECORD_LIST: self._record_list, Op.RECORD_DELETE: self._record_delete,
+            Op.INTENT_BEGIN: self._intent_begin, Op.INTENT_END: self._intent_end,
+            Op.INTENT_PENDING: self._intent_pending,
+        }
+        if local:
+            self.control_ops[Op.SHM_TABLE] = self._shm_table
+            self.control_ops[Op.SHM_MAP] = self._shm_map
+
+    async def run(self) -> None:
+        self.a._connections += 1
+        self.a.metrics.clients.inc()
+        started = time.monotonic()
+        reason = "closed by client"
+        try:
+            with self.sock:
+                await self._handshake()
+                self.authenticated = True
+                while True:
+                    await self._serve_one()
+        except ConnectionClosed:
+            pass
+        except ApplianceError as e:
+            reason = f"dropped: {e}"
+        except OSError as e:
+            reason = f"dropped: {e.strerror or e}"
+        finally:
+            self.a._connections -= 1
+            self.a.metrics.clients.dec()
+            log.info("connection %s (%s) %s after %.1f s and %d ops", self.peer,
+                     "authenticated" if self.authenticated else "unauthenticated", reason,
+                     time.monotonic() - started, self.ops)
+
+    # -- framing -----------------------------------------------------------------
+    async def _reply(self, op: int, request_id: int, payload=b"", fds=()) -> None:
+        ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else ()
+        await send_buffers(self.sock, [pack_header(len(payload), op | REPLY, request_id),
+                                       payload], ancdata)
+
+    async def _reply_error(self, op: int, request_id: int, error: ApplianceError) -> None:
+        name = type(error).__name__
+        log.warning("%s %s refused for %s: %s", OP_NAMES.get(op, f"op {op}"), name,
+                    self.peer, error)
+        self.a.metrics.error(name)
+        message = str(error).encode()[:4096]
+        await send_buffers(self.sock, [pack_header(len(message), op | REPLY, request_id,
+                                                   status_of(error)), message])
+
+    async def _handshake(self) -> None:
+        nonce = auth.new_nonce()
+        hello = Writer().raw(nonce).str(self.a.appliance_id).u64(self.a.port or 0).build()
+        await send_buffers(self.sock, [pack_header(len(hello), Op.HELLO, 0), hello])
+        with trio.move_on_after(AUTH_TIMEOUT) as scope:
+            try:
+                length, op, _status, request_id = await self.reader.read_header()
+            except ProtocolViolation as e:
+                await self._reply_error(Op.AUTH, 0, e)
+                raise
+            if op != Op.AUTH or length != auth.NONCE_SIZE + auth.MAC_SIZE:
+                error = AuthenticationFailed("the first frame must authenticate")
+                await self._reply_error(op, request_id, error)
+                raise error
+            payload = await self.reader.read_bytes(length)
+        if scope.cancelled_caught:
+            raise AuthenticationFailed(f"no authentication within {AUTH_TIMEOUT:.0f} s")
+        client_nonce, mac = payload[:auth.NONCE_SIZE], payload[auth.NONCE_SIZE:]
+        if not auth.verify(auth.client_proof(self.a.secret, nonce, client_nonce), mac):
+            error = AuthenticationFailed("wrong cluster secret")
+            await self._reply_error(Op.AUTH, request_id, error)
+            raise error
+        await self._reply(Op.AUTH, request_id, auth.appliance_proof(self.a.secret, nonce,
+                                                                   client_nonce))
+
+    async def _serve_one(self) -> None:
+        try:
+            length, op, _status, request_id = await self.reader.read_header()
+        except ProtocolViolation as e:
+            await self._reply_error(0, 0, e)
+            raise
+        self.ops += 1
+        data_op = self.data_ops.get(op)
+        if data_op is not None:
+            await data_op(length, request_id)
+            return
+        if length > MAX_CONTROL:
+            error = ProtocolViolation(f"{OP_NAMES.get(op, f'op {op}')} frame of {length} "
+                                      f"bytes exceeds the limit {MAX_CONTROL}")
+            await self._reply_error(op, request_id, error)
+            raise error
+        payload = await self.reader.read_bytes(length)
+        handler = self.control_ops.get(op)
+        try:
+            if handler is None:
+                raise Unsupported(f"operation {op} is not offered on this connection")
+            reader = Reader(payload)
+            result = await handler(reader)
+            reader.end()
+        except ApplianceError as e:
+            await self._reply_error(op, request_id, e)
+            return
+        except OSError as e:  # e.g. the persist dir is full
+            await self._reply_error(op, request_id, ApplianceError(f"appliance error: {e}"))
+            return
+        if isinstance(result, tuple):
+            await self._reply(op, request_id, *result)
+        else:
+            await self._reply(op, request_id, result)
+        self.a.metrics.op(OP_NAMES[op])
+
+    async def _refuse_data(self, op: int, request_id: int, error, remaining: int) -> None:
+        """Drain the rest of a refused data frame and answer with the error."""
+        await self.reader.skip(remaining)
+        await self._reply_error(op, request_id, error)
+
+    # -- data --------------------------------------------------------------------
+    async def _read(self, length: int, request_id: int) -> None:
+        if length != RANGE.size:
+            return await self._refuse_data(Op.READ, request_id,
+                                           ProtocolViolation("malformed read"), length)
+        region_id, key, offset, n = RANGE.unpack(await self.reader.read_bytes(length))
+        try:
+            if n > MAX_DATA:
+                raise ProtocolViolation(f"read of {n} bytes exceeds the limit {MAX_DATA}")
+            view = check_range(self.a.store.get(region_id, key), offset, n)
+        except ApplianceError as e:
+            return await self._reply_error(Op.READ, request_id, e)
+        await send_buffers(self.sock, [pack_header(n, Op.READ | REPLY, request_id), view])
+        self.a.metrics.op("read", n)
+
+    async def _write(self, length: int, request_id: int) -> None:
+        if length < DATA_PREFIX.size:
+            return await self._refuse_data(Op.WRITE, request_id,
+                                           ProtocolViolation("malformed write"), length)
+        region_id, key, offset = DATA_PREFIX.unpack(
+            await self.reader.read_bytes(DATA_PREFIX.size))
+        n = length - DATA_PREFIX.size
+        try:
+            view = check_range(self.a.store.get(region_id, key), offset, n)
+        except ApplianceError as e:
+            return await self._refuse_data(Op.WRITE, request_id, e, n)
+        await self.reader.read_into(view)
+        await send_buffers(self.sock, [pack_header(0, Op.WRITE | REPLY, request_id)])
+        self.a.metrics.op("write", n)
+
+    def _check_ranges(self, ranges) -> list[memoryview]:
+        total = sum(r[3] for r in ranges)
+        if total > MAX_DATA:
+            raise ProtocolViolation(f"vectored op of {total} bytes exceeds the limit {MAX_DATA}")
+        return [check_range(self.a.store.get(region_id, key), offset, n)
+                for region_id, key, offset, n in ranges]
+
+    async def _readv(self, length: int, request_id: int) -> None:
+        if length > MAX_CONTROL:
+            return await self._refuse_data(Op.READV, request_id,
+                                           ProtocolViolation("oversized readv"), length)
+        try:
+            reader = Reader(await self.reader.read_bytes(length))
+            views = self._check_ranges(unpack_ranges(reader))
+            reader.end()
+        except ApplianceError as e:
+            return await self._reply_error(Op.READV, request_id, e)
+        total = sum(len(v) for v in views)
+        await send_buffers(self.sock, [pack_header(total, Op.READV | REPLY, request_id), *views])
+        self.a.metrics.op("readv", total)
+
+    async def _writev(self, length: int, request_id: int) -> None:
+        consumed = 0
+        try:
+            if length < U32.size:
+                raise ProtocolViolation("malformed writev")
+            count = U32.unpack(await self.reader.read_bytes(U32.size))[0]
+            consumed = U32.size
+            descriptors = U32.size + count * RANGE.size
+            if descriptors > min(length, MAX_CONTROL):
+                raise ProtocolViolation("malformed writev descriptors")
+            reader = Reader(U32.pack(count) + await self.reader.read_bytes(descriptors - 4))
+            consumed = descriptors
+            ranges = unpack_ranges(reader)
+            if sum(r[3] for r in ranges) != length - descriptors:
+                raise ProtocolViolation("writev data length differs from its ranges")
+            views = self._check_ranges(ranges)
+        except ApplianceError as e:
+            return await self._refuse_data(Op.WRITEV, request_id, e, length - consumed)
+        for view in views:
+            await self.reader.read_into(view)
+        await send_buffers(self.sock, [pack_header(0, Op.WRITEV | REPLY, request_id)])
+        self.a.metrics.op("writev", length - descriptors)
+
+    # -- regions -------------------------------------------------------------------
+    @staticmethod
+    def _describe(region) -> bytes:
+        return REGION_DESC.pack(region.region_id, region.key, region.size)
+
+    async def _alloc(self, r: Reader):
+        size, owner = r.u64(), r.str()
+        region = self.a.store.alloc(size, owner)
+        log.info("allocated region %d of %d bytes for %s (%s)", region.region_id, size, owner,
+                 self.peer)
+        return self._describe(region)
+
+    async def _free(self, r: Reader):
+        region = self.a.store.free(*REGION_REF.unpack(r.raw(REGION_REF.size)))
+        log.info("freed region %d of %d bytes (%s)", region.region_id, region.size, self.peer)
+        return b""
+
+    async def _clone(self, r: Reader):
+        region_id, key = REGION_REF.unpack(r.raw(REGION_REF.size))
+        region = self.a.store.clone(region_id, key)
+        log.info("cloned region %d into region %d (%d bytes, %s)", region_id,
+                 region.region_id, region.size, self.peer)
+        return self._describe(region)
+
+    async def _list(self, r: Reader):
+        owner = r.str() if r.u32() else None
+        infos = self.a.store.list(owner)
+        w = Writer().u32(len(infos))
+        for info in infos:
+            w.u64(info.region_id).u64(info.size).str(info.owner)
+        return w.build()
+
+    async def _lookup(self, r: Reader):
+        region = self.a.store.get(*REGION_REF.unpack(r.raw(REGION_REF.size)))
+        return self._describe(region)
+
+    async def _stat(self, r: Reader):
+        s = self.a.store
+        return STAT_REPLY.pack(s.capacity, s.used, len(s)) + Writer().str(
+            self.a.appliance_id).build()
+
+    # -- records and intents -------------------------------------------------------
+    async def _record_get(self, r: Reader):
+        found = self.a.records.get(r.str(), r.str())
+        if found is None:
+            return U32.pack(0)
+        return Writer().u32(1).u64(found[0]).bytes(found[1]).build()
+
+    async def _record_put(self, r: Reader):
+        owner, name, value, expected = r.str(), r.str(), r.bytes(MAX_RECORD), r.u64()
+        return U64.pack(self.a.records.put(owner, name, value, expected))
+
+    async def _record_list(self, r: Reader):
+        names = self.a.records.list(r.str())
+        w = Writer().u32(len(names))
+        for name in names:
+            w.str(name)
+        return w.build()
+
+    async def _record_delete(self, r: Reader):
+        self.a.records.delete(r.str(), r.str())
+        return b""
+
+    async def _intent_begin(self, r: Reader):
+        owner, set_id, intent_id = r.str(), r.str(MAX_NAME), r.u64()
+        self.a.intents.begin(owner, set_id, intent_id, unpack_extents(r))
+        return b""
+
+    async def _intent_end(self, r: Reader):
+        owner, set_id, count = r.str(), r.str(), r.u32()
+        self.a.intents.end(owner, set_id, [r.u64() for _ in range(count)])
+        return b""
+
+    async def _intent_pending(self, r: Reader):
+        pending = self.a.intents.pending(r.str(), r.str())
+        w = Writer().u32(len(pending))
+        for intent_id, extents in pending:
+            w.u64(intent_id).raw(pack_extents(extents))
+        return w.build()
+
+    # -- shm (Unix socket only) ----------------------------------------------------
+    async def _shm_table(self, r: Reader):
+        return U64.pack(STATUS_SLOTS), [self.a.store.status_fd]
+
+    async def _shm_map(self, r: Reader):
+        region = self.a.store.get(*REGION_REF.unpack(r.raw(REGION_REF.size)))
+        return U64.pack(region.size) + U64.pack(region.slot), [region.fd]

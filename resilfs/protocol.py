@@ -1,0 +1,253 @@
+"""The appliance wire protocol: frame layout, operation table, error codes, payload codecs.
+
+Every message is a frame: a 16-byte little-endian header followed by ``length`` payload
+bytes. ``docs/protocol.md`` describes every operation; this module is the single source of
+the numbers. It does no I/O.
+
+Decoding functions raise ``ProtocolViolation`` for anything malformed; they never raise
+anything else for bad input, so a server can answer every bad frame with an error.
+"""
+import re
+import struct
+from collections.abc import Sequence
+
+from .transport.base import (
+    ApplianceError,
+    AuthenticationFailed,
+    NoSpace,
+    NoSuchRegion,
+    OutOfBounds,
+    ProtocolViolation,
+    RecordConflict,
+    WrongRegionKey,
+)
+
+VERSION = 1
+
+# header: payload length u32, version u8, op u8, status u16, request id u64
+HEADER = struct.Struct("<IBBHQ")
+HEADER_SIZE = HEADER.size
+
+MAX_DATA = 64 * 1024 * 1024  # largest data payload of one read/write/readv/writev
+MAX_FRAME = MAX_DATA + 1024 * 1024  # largest payload of any frame: data plus descriptors
+MAX_CONTROL = 1024 * 1024  # largest payload of a frame that carries no bulk data
+MAX_RANGES = 4096  # ranges in one vectored request
+MAX_NAME = 1024  # bytes of an owner, record name or set id
+MAX_RECORD = 256 * 1024  # bytes of a record value
+MAX_EXTENTS = 4096  # extents of one write intent
+
+REPLY = 0x80  # set in the op of every reply
+
+
+class Op:
+    HELLO = 1  # appliance -> client, unsolicited, request id 0
+    AUTH = 2
+    ALLOC = 3
+    FREE = 4
+    CLONE = 5
+    LIST = 6
+    LOOKUP = 7
+    STAT = 8
+    READ = 9
+    WRITE = 10
+    READV = 11
+    WRITEV = 12
+    RECORD_GET = 13
+    RECORD_PUT = 14
+    RECORD_LIST = 15
+    RECORD_DELETE = 16
+    INTENT_BEGIN = 17
+    INTENT_END = 18
+    INTENT_PENDING = 19
+    SHM_TABLE = 20  # Unix socket only: the region status table's memfd
+    SHM_MAP = 21  # Unix socket only: one region's memfd
+    RDMA_CONNECT = 22  # exchange RC queue-pair parameters
+    RDMA_REGION = 23  # a region's remote address for RDMA
+
+
+OP_NAMES = {v: k.lower() for k, v in vars(Op).items() if not k.startswith("_")}
+
+
+class Status:
+    OK = 0
+    AUTHENTICATION_FAILED = 1
+    NO_SUCH_REGION = 2
+    WRONG_REGION_KEY = 3
+    OUT_OF_BOUNDS = 4
+    NO_SPACE = 5
+    PROTOCOL_VIOLATION = 6
+    RECORD_CONFLICT = 7
+    UNSUPPORTED = 8  # a valid op this appliance or this socket does not offer
+    INTERNAL = 9
+
+
+class Unsupported(ApplianceError):
+    """A well-formed operation this appliance or this kind of connection does not offer."""
+
+
+ERRORS: dict[int, type[ApplianceError]] = {
+    Status.UNSUPPORTED: Unsupported,
+    Status.AUTHENTICATION_FAILED: AuthenticationFailed,
+    Status.NO_SUCH_REGION: NoSuchRegion,
+    Status.WRONG_REGION_KEY: WrongRegionKey,
+    Status.OUT_OF_BOUNDS: OutOfBounds,
+    Status.NO_SPACE: NoSpace,
+    Status.PROTOCOL_VIOLATION: ProtocolViolation,
+    Status.RECORD_CONFLICT: RecordConflict,
+}
+for _status, _cls in ERRORS.items():
+    _cls.code = _status
+
+
+def status_of(error: ApplianceError) -> int:
+    """The wire status for a refusal raised on the appliance."""
+    return error.code or Status.INTERNAL
+
+
+def error_for(status: int, message: str) -> ApplianceError:
+    """The exception a client raises for an error reply."""
+    cls = ERRORS.get(status, ApplianceError)
+    error = cls(message)
+    if cls is ApplianceError:
+        error.code = status
+    return error
+
+
+def pack_header(length: int, op: int, request_id: int, status: int = 0) -> bytes:
+    return HEADER.pack(length, VERSION, op, status, request_id)
+
+
+def unpack_header(data) -> tuple[int, int, int, int]:
+    """Return (length, op, status, request id); refuse a wrong version or oversized frame."""
+    length, version, op, status, request_id = HEADER.unpack(data)
+    if version != VERSION:
+        raise ProtocolViolation(f"protocol version {version} is not supported (want {VERSION})")
+    if length > MAX_FRAME:
+        raise ProtocolViolation(f"frame of {length} bytes exceeds the maximum {MAX_FRAME}")
+    return length, op, status, request_id
+
+
+# -- payload codecs ------------------------------------------------------------------
+U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
+REGION_REF = struct.Struct("<QQ")  # region id, key
+RANGE = struct.Struct("<QQQQ")  # region id, key, offset, length
+DATA_PREFIX = struct.Struct("<QQQ")  # region id, key, offset (READ adds a length)
+READ_REQ = RANGE
+REGION_DESC = struct.Struct("<QQQ")  # region id, key, size
+STAT_REPLY = struct.Struct("<QQQ")  # capacity, used, regions; then appliance id string
+EXTENT = struct.Struct("<QQ")
+
+
+class Writer:
+    """Builds a payload from fixed fields and length-prefixed strings."""
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+
+    def u64(self, value: int) -> "Writer":
+        self._parts.append(U64.pack(value))
+        return self
+
+    def u32(self, value: int) -> "Writer":
+        self._parts.append(U32.pack(value))
+        return self
+
+    def bytes(self, value: bytes) -> "Writer":
+        self._parts.append(U32.pack(len(value)))
+        self._parts.append(bytes(value))
+        return self
+
+    def str(self, value: str) -> "Writer":
+        return self.bytes(value.encode())
+
+    def raw(self, value: bytes) -> "Writer":
+        self._parts.append(bytes(value))
+        return self
+
+    def build(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class Reader:
+    """Reads a payload field by field; anything short or malformed is a ProtocolViolation."""
+
+    def __init__(self, payload):
+        self._view = memoryview(payload)
+        self._pos = 0
+
+    def _take(self, n: int) -> memoryview:
+        if self._pos + n > len(self._view):
+            raise ProtocolViolation("payload too short")
+        piece = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return piece
+
+    def u64(self) -> int:
+        return U64.unpack(self._take(8))[0]
+
+    def u32(self) -> int:
+        return U32.unpack(self._take(4))[0]
+
+    def bytes(self, limit: int) -> bytes:
+        n = self.u32()
+        if n > limit:
+            raise ProtocolViolation(f"field of {n} bytes exceeds the limit {limit}")
+        return bytes(self._take(n))
+
+    def str(self, limit: int = MAX_NAME) -> str:
+        try:
+            return self.bytes(limit).decode()
+        except UnicodeDecodeError:
+            raise ProtocolViolation("string field is not UTF-8") from None
+
+    def raw(self, n: int) -> bytes:
+        return bytes(self._take(n))
+
+    def rest(self) -> memoryview:
+        piece = self._view[self._pos:]
+        self._pos = len(self._view)
+        return piece
+
+    def end(self) -> None:
+        if self._pos != len(self._view):
+            raise ProtocolViolation("trailing bytes in payload")
+
+
+def pack_ranges(ranges: Sequence[tuple[int, int, int, int]]) -> bytes:
+    """Descriptors of a vectored request: count, then (region id, key, offset, length)."""
+    return U32.pack(len(ranges)) + b"".join(RANGE.pack(*r) for r in ranges)
+
+
+def unpack_ranges(reader: Reader) -> list[tuple[int, int, int, int]]:
+    count = reader.u32()
+    if count > MAX_RANGES:
+        raise ProtocolViolation(f"{count} ranges exceed the limit {MAX_RANGES}")
+    return [RANGE.unpack(reader._take(RANGE.size)) for _ in range(count)]
+
+
+def pack_extents(extents: Sequence[tuple[int, int]]) -> bytes:
+    return U32.pack(len(extents)) + b"".join(EXTENT.pack(o, n) for o, n in extents)
+
+
+def unpack_extents(reader: Reader) -> list[tuple[int, int]]:
+    count = reader.u32()
+    if count > MAX_EXTENTS:
+        raise ProtocolViolation(f"{count} extents exceed the limit {MAX_EXTENTS}")
+    return [EXTENT.unpack(reader._take(EXTENT.size)) for _ in range(count)]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT`` -> (host, port); ValueError if malformed."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", address)
+    if not match:
+        raise ValueError(f"appliance address must be HOST:PORT, not {address!r}")
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"port {port} in {address!r} is not below 65536")
+    return match.group(1) or match.group(3), port
+
+
+def shm_socket_name(port: int) -> bytes:
+    """The abstract Unix socket an appliance listening on tcp ``port`` also listens on."""
+    return b"\0resilfs-appliance:%d" % port

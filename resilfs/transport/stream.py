@@ -1,0 +1,426 @@
+"""A pipelined protocol client over one connected socket: the tcp transport, and the control
+channel of the shm transport.
+
+Requests carry ids; any number are in flight at once, and one background reader matches
+replies to requests and receives read data straight into the callers' buffers. A watchdog
+fails the connection when requests are pending and the appliance sent nothing for
+``timeout`` seconds; from then on (and after EOF, a socket error or a framing error) every
+call raises ``ApplianceUnavailable`` at once.
+
+Cancelling a call abandons it: its reply is discarded when it comes. A read cancelled while
+its reply is already arriving may still write into the caller's buffer until that reply
+ends. A call cancelled in the middle of sending its request breaks the framing, so the
+connection is closed (later calls raise ``ApplianceUnavailable``).
+"""
+import logging
+import math
+import os
+import socket
+from collections.abc import Sequence
+
+import trio
+
+from .. import auth
+from ..protocol import (
+    DATA_PREFIX,
+    MAX_CONTROL,
+    MAX_DATA,
+    MAX_NAME,
+    MAX_RANGES,
+    MAX_RECORD,
+    RANGE,
+    REGION_DESC,
+    REGION_REF,
+    REPLY,
+    STAT_REPLY,
+    U32,
+    Op,
+    Reader,
+    Status,
+    Writer,
+    error_for,
+    pack_extents,
+    pack_header,
+    unpack_extents,
+)
+from ..protocol_io import ConnectionClosed, FrameReader, send_buffers
+from .base import (
+    ApplianceClient,
+    ApplianceError,
+    ApplianceStat,
+    ApplianceUnavailable,
+    AuthenticationFailed,
+    OutOfBounds,
+    ProtocolViolation,
+    RegionHandle,
+    RegionInfo,
+)
+
+log = logging.getLogger(__name__)
+
+FD_OPS = (Op.SHM_TABLE | REPLY, Op.SHM_MAP | REPLY)
+
+
+class _Pending:
+    __slots__ = ("event", "status", "payload", "dest", "dest_len", "start", "fd")
+
+    def __init__(self, dest, dest_len, start):
+        self.event = trio.Event()
+        self.status = None  # None when the connection died
+        self.payload = b""
+        self.dest = dest
+        self.dest_len = dest_len
+        self.start = start
+        self.fd = None
+
+
+def _byte_view(buffer, writable: bool = False) -> memoryview:
+    view = memoryview(buffer)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if writable and view.readonly:
+        raise TypeError("read buffer must be writable")
+    return view
+
+
+def _check_range(region: RegionHandle, offset: int, length: int) -> None:
+    if offset < 0 or offset + length > region.size:
+        raise OutOfBounds(f"range {offset}+{length} is outside region {region.region_id} "
+                          f"of {region.size} bytes")
+
+
+def _batches(ranges, length_of):
+    """Split ranges into groups of at most MAX_RANGES ranges and MAX_DATA bytes."""
+    batch, total = [], 0
+    for r in ranges:
+        n = length_of(r)
+        if batch and (len(batch) == MAX_RANGES or total + n > MAX_DATA):
+            yield batch
+            batch, total = [], 0
+        batch.append(r)
+        total += n
+    if batch:
+        yield batch
+
+
+class StreamClient(ApplianceClient):
+    """An authenticated, pipelined connection to one appliance over a trio socket."""
+
+    def __init__(self, address: str, sock, timeout: float, *, unix: bool = False):
+        self.address = address
+        self.appliance_id = ""
+        self.timeout = timeout
+        self._sock = sock
+        self._fds: list[int] | None = [] if unix else None
+        self._reader = FrameReader(sock, fds=self._fds)
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._send_lock = trio.Lock()
+        self._dead: str | None = None
+        self._last_progress = 0.0
+        self._wake_watchdog = trio.Event()
+        self._tasks_scope = trio.CancelScope()
+
+    # -- connection setup ----------------------------------------------------------
+    async def _handshake(self, secret: bytes) -> None:
+        """Authenticate both ways, then start the reader and the watchdog.
+
+        Raises AuthenticationFailed, ProtocolViolation, or ApplianceUnavailable (no answer
+        within the timeout, connection lost); the socket is closed on failure.
+        """
+        try:
+            with trio.fail_after(self.timeout):
+                length, op, _status, _rid = await self._reader.read_header()
+                if op != Op.HELLO or length > MAX_CONTROL:
+                    raise ProtocolViolation(f"{self.address} did not greet with a HELLO frame")
+                hello = Reader(await self._reader.read_bytes(length))
+                nonce = hello.raw(auth.NONCE_SIZE)
+                self.appliance_id = hello.str()
+                self.appliance_port = hello.u64()
+                client_nonce = auth.new_nonce()
+                proof = client_nonce + auth.client_proof(secret, nonce, client_nonce)
+                await send_buffers(self._sock, [pack_header(len(proof), Op.AUTH, 1), proof])
+                length, op, status, _rid = await self._reader.read_header()
+                if length > MAX_CONTROL:
+                    raise ProtocolViolation("oversized authentication reply")
+                payload = await self._reader.read_bytes(length)
+                if status:
+                    raise error_for(status, payload.decode(errors="replace"))
+                if not auth.verify(auth.appliance_proof(secret, nonce, client_nonce), payload):
+                    raise AuthenticationFailed(
+                        f"{self.address} does not hold the cluster secret")
+        except trio.TooSlowError:
+            self._sock.close()
+            raise ApplianceUnavailable(
+                f"appliance {self.address} did not answer within {self.timeout} s") from None
+        except (ConnectionClosed, OSError) as e:
+            self._sock.close()
+            raise ApplianceUnavailable(f"appliance {self.address}: {e}") from None
+        except BaseException:
+            self._sock.close()
+            raise
+        self._last_progress = trio.current_time()
+        trio.lowlevel.spawn_system_task(self._run_background, name=f"resilfs {self.address}")
+
+    async def _run_background(self) -> None:
+        with self._tasks_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_replies)
+                nursery.start_soon(self._watchdog)
+
+    async def _read_replies(self) -> None:
+        reason = "connection closed"
+        try:
+            while True:
+                length, op, status, request_id = await self._reader.read_header()
+                pending = self._pending.pop(request_id, None)
+                if pending is None:  # abandoned by a cancelled caller
+                    await self._reader.skip(length)
+                    if op in FD_OPS and status == Status.OK and self._fds:
+                        os.close(self._fds.pop(0))
+                elif status == Status.OK and pending.dest is not None:
+                    if length != pending.dest_len:
+                        raise ProtocolViolation(f"read reply of {length} bytes, "
+                                                f"expected {pending.dest_len}")
+                    for view in pending.dest:
+                        await self._reader.read_into(view)
+                        self._last_progress = trio.current_time()
+                else:
+                    if length > MAX_CONTROL:
+                        raise ProtocolViolation(f"oversized reply of {length} bytes")
+                    pending.payload = await self._reader.read_bytes(length)
+                    if op in FD_OPS and status == Status.OK:
+                        if not self._fds:
+                            raise ProtocolViolation("reply without its file descriptor")
+                        pending.fd = self._fds.pop(0)
+                if pending is not None:
+                    pending.status = status
+                    pending.event.set()
+                self._last_progress = trio.current_time()
+        except (ConnectionClosed, trio.ClosedResourceError):
+            pass
+        except (OSError, ApplianceError) as e:
+            reason = f"connection lost: {e}"
+        except Exception as e:  # a bug: fail this connection, not the program
+            log.exception("reader of %s failed", self.address)
+            reason = f"client error: {e!r}"
+        self._fail(reason)
+
+    async def _watchdog(self) -> None:
+        while True:
+            if not self._pending:
+                self._wake_watchdog = trio.Event()
+                await self._wake_watchdog.wait()
+                continue
+            oldest = next(iter(self._pending.values())).start
+            deadline = max(oldest, self._last_progress) + self.timeout
+            if trio.current_time() >= deadline:
+                self._fail(f"no answer within {self.timeout} s")
+                return
+            await trio.sleep_until(deadline)
+
+    def _fail(self, reason: str) -> None:
+        """Mark the connection dead: every pending and later call raises ApplianceUnavailable."""
+        if self._dead is None:
+            self._dead = reason
+            log.warning("appliance %s unavailable: %s", self.address, reason)
+        for pending in self._pending.values():
+            pending.status = None
+            pending.event.set()
+        self._pending.clear()
+        self._sock.close()
+        for fd in self._fds or ():
+            os.close(fd)
+        if self._fds:
+            self._fds.clear()
+        self._tasks_scope.cancel()
+
+    def _unavailable(self) -> ApplianceUnavailable:
+        return ApplianceUnavailable(f"appliance {self.address} unavailable: {self._dead}")
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight raise ApplianceUnavailable."""
+        if self._dead is None:
+            self._dead = "closed by this client"
+            self._fail(self._dead)
+        await trio.lowlevel.checkpoint()
+
+    # -- requests ------------------------------------------------------------------
+    async def _call(self, op: int, parts: Sequence, dest=None, dest_len: int = 0) -> _Pending:
+        """Send one request and wait for its reply; raise the error it carries."""
+        if self._dead is not None:
+            raise self._unavailable()
+        request_id = self._next_id
+        self._next_id += 1
+        pending = _Pending(dest, dest_len, trio.current_time())
+        if not self._pending:
+            self._wake_watchdog.set()
+        self._pending[request_id] = pending
+        length = sum(len(p) for p in parts)
+        try:
+            async with self._send_lock:
+                if self._dead is not None:
+                    raise self._unavailable()
+                try:
+                    await send_buffers(self._sock, [pack_header(length, op, request_id), *parts])
+                except trio.Cancelled:
+                    self._fail("a request was cancelled while being sent")
+                    raise
+                except (OSError, trio.ClosedResourceError) as e:
+                    self._fail(f"connection lost: {e}")
+                    raise self._unavailable() from None
+                self._last_progress = trio.current_time()
+            await pending.event.wait()
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
+        if pending.status is None:
+            raise self._unavailable()
+        if pending.status != Status.OK:
+            raise error_for(pending.status, pending.payload.decode(errors="replace"))
+        return pending
+
+    async def _control(self, op: int, payload: bytes = b"") -> Reader:
+        return Reader((await self._call(op, [payload])).payload)
+
+    def _handle(self, payload) -> RegionHandle:
+        region_id, key, size = REGION_DESC.unpack(payload)
+        return RegionHandle(self.address, region_id, size, key)
+
+    # -- regions -------------------------------------------------------------------
+    async def alloc(self, size: int, owner: str) -> RegionHandle:
+        r = await self._control(Op.ALLOC, Writer().u64(size).str(owner).build())
+        return self._handle(r.raw(REGION_DESC.size))
+
+    async def free(self, region: RegionHandle) -> None:
+        await self._control(Op.FREE, REGION_REF.pack(region.region_id, region.key))
+
+    async def clone(self, region: RegionHandle) -> RegionHandle:
+        r = await self._control(Op.CLONE, REGION_REF.pack(region.region_id, region.key))
+        return self._handle(r.raw(REGION_DESC.size))
+
+    async def regions(self, owner: str | None = None) -> list[RegionInfo]:
+        w = Writer().u32(0) if owner is None else Writer().u32(1).str(owner)
+        r = await self._control(Op.LIST, w.build())
+        return [RegionInfo(r.u64(), r.u64(), r.str()) for _ in range(r.u32())]
+
+    async def lookup(self, region_id: int, key: int) -> RegionHandle:
+        r = await self._control(Op.LOOKUP, REGION_REF.pack(region_id, key))
+        return self._handle(r.raw(REGION_DESC.size))
+
+    async def stat(self) -> ApplianceStat:
+        r = await self._control(Op.STAT)
+        capacity, used, count = STAT_REPLY.unpack(r.raw(STAT_REPLY.size))
+        return ApplianceStat(capacity, used, count, r.str())
+
+    # -- data ----------------------------------------------------------------------
+    async def read_into(self, region: RegionHandle, offset: int, buffer) -> None:
+        view = _byte_view(buffer, writable=True)
+        _check_range(region, offset, len(view))
+        for start in range(0, max(len(view), 1), MAX_DATA):
+            piece = view[start:start + MAX_DATA]
+            await self._call(Op.READ, [RANGE.pack(region.region_id, region.key,
+                                                  offset + start, len(piece))],
+                             dest=[piece], dest_len=len(piece))
+
+    async def write(self, region: RegionHandle, offset: int, data) -> None:
+        view = _byte_view(data)
+        _check_range(region, offset, len(view))
+        for start in range(0, max(len(view), 1), MAX_DATA):
+            piece = view[start:start + MAX_DATA]
+            await self._call(Op.WRITE, [DATA_PREFIX.pack(region.region_id, region.key,
+                                                         offset + start), piece])
+
+    @staticmethod
+    def _vector(ranges, writable: bool):
+        out = []
+        for region, offset, buffer in ranges:
+            view = _byte_view(buffer, writable)
+            _check_range(region, offset, len(view))
+            if len(view) > MAX_DATA:
+                for start in range(0, len(view), MAX_DATA):
+                    out.append((region, offset + start, view[start:start + MAX_DATA]))
+            else:
+                out.append((region, offset, view))
+        return out
+
+    @staticmethod
+    def _descriptors(batch) -> bytes:
+        return U32.pack(len(batch)) + b"".join(
+            RANGE.pack(region.region_id, region.key, offset, len(view))
+            for region, offset, view in batch)
+
+    async def readv(self, ranges: Sequence[tuple[RegionHandle, int, object]]) -> None:
+        for batch in _batches(self._vector(ranges, True), lambda r: len(r[2])):
+            views = [view for _, _, view in batch]
+            await self._call(Op.READV, [self._descriptors(batch)], dest=views,
+                             dest_len=sum(len(v) for v in views))
+
+    async def writev(self, ranges: Sequence[tuple[RegionHandle, int, object]]) -> None:
+        """Vectored write; one request per MAX_DATA bytes, so all-or-error per request."""
+        for batch in _batches(self._vector(ranges, False), lambda r: len(r[2])):
+            await self._call(Op.WRITEV, [self._descriptors(batch),
+                                         *(view for _, _, view in batch)])
+
+    # -- records -------------------------------------------------------------------
+    async def record_get(self, owner: str, name: str) -> tuple[int, bytes] | None:
+        r = await self._control(Op.RECORD_GET, Writer().str(owner).str(name).build())
+        if not r.u32():
+            return None
+        generation = r.u64()
+        return generation, r.bytes(MAX_RECORD)
+
+    async def record_put(self, owner: str, name: str, value: bytes,
+                         expected_generation: int) -> int:
+        payload = Writer().str(owner).str(name).bytes(value).u64(expected_generation).build()
+        return (await self._control(Op.RECORD_PUT, payload)).u64()
+
+    async def record_list(self, owner: str) -> list[str]:
+        r = await self._control(Op.RECORD_LIST, Writer().str(owner).build())
+        return [r.str(MAX_NAME) for _ in range(r.u32())]
+
+    async def record_delete(self, owner: str, name: str) -> None:
+        await self._control(Op.RECORD_DELETE, Writer().str(owner).str(name).build())
+
+    # -- intents -------------------------------------------------------------------
+    async def intent_begin(self, owner: str, set_id: str, intent_id: int,
+                           extents: Sequence[tuple[int, int]]) -> None:
+        payload = Writer().str(owner).str(set_id).u64(intent_id).raw(
+            pack_extents(extents)).build()
+        await self._control(Op.INTENT_BEGIN, payload)
+
+    async def intent_end(self, owner: str, set_id: str, intent_ids: Sequence[int]) -> None:
+        w = Writer().str(owner).str(set_id).u32(len(intent_ids))
+        for intent_id in intent_ids:
+            w.u64(intent_id)
+        await self._control(Op.INTENT_END, w.build())
+
+    async def intent_pending(self, owner: str,
+                             set_id: str) -> list[tuple[int, list[tuple[int, int]]]]:
+        r = await self._control(Op.INTENT_PENDING, Writer().str(owner).str(set_id).build())
+        return [(r.u64(), unpack_extents(r)) for _ in range(r.u32())]
+
+
+async def open_socket(family: int, address, timeout: float, what: str):
+    """A connected trio socket, or ApplianceUnavailable within ``timeout`` seconds."""
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        with trio.fail_after(timeout):
+            await sock.connect(address)
+    except trio.TooSlowError:
+        sock.close()
+        raise ApplianceUnavailable(f"cannot connect to appliance {what}: no answer within "
+                                   f"{timeout} s") from None
+    except OSError as e:
+        sock.close()
+        raise ApplianceUnavailable(f"cannot connect to appliance {what}: "
+                                   f"{e.strerror or e}") from None
+    if family != socket.AF_UNIX:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def finite_timeout(timeout: float) -> float:
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return timeout
