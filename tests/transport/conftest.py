@@ -1,0 +1,1 @@
+from tests.appliances import appliance, appliances, launcher, secret  # noqa: F401
