@@ -1,0 +1,191 @@
+"""The metadata journal: records batched into durable appends, checkpoints, compaction.
+
+``Journal.record(r)`` applies a record to the live state at once and queues it; ``commit``
+appends the queued records as one batch to a ``JournalStore`` and returns when the store
+says it is durable. What a crash loses is the records queued since the last commit: fsync
+and unmount commit. ``checkpoint`` writes the whole state as records and lets the store
+drop the batches it covers, so mounting (``Journal.load``: checkpoint, then later batches,
+through the one ``State.apply``) stays bounded.
+
+Invariant: the state is encoded for a checkpoint only when no record is queued, with no
+await between that check and the encoding; otherwise a record applied to the state would
+also be replayed from a later batch.
+"""
+import logging
+from abc import ABC, abstractmethod
+
+import trio
+
+from . import records
+from .records import Op
+from .state import State
+
+log = logging.getLogger(__name__)
+
+#: magic and version that start every checkpoint blob
+CHECKPOINT_MAGIC = b"RSFSCKP1"
+
+
+class JournalStore(ABC):
+    """Where batches and checkpoints live. Implementations: ``DirJournalStore`` (a local
+    directory, a developer option) and the appliance-backed store (see docs/filesystem.md).
+
+    A method that raises changed nothing a later ``load`` would see, except ``append``,
+    which may or may not have stored the batch (as an interrupted write). Cancellation
+    leaves the same two outcomes.
+    """
+
+    @abstractmethod
+    async def load(self) -> tuple[bytes | None, list[bytes]]:
+        """The newest checkpoint blob (None before the first) and the batches appended after it."""
+
+    @abstractmethod
+    async def append(self, batch: bytes) -> None:
+        """Store one batch after the previous ones; durable when this returns."""
+
+    @abstractmethod
+    async def write_checkpoint(self, blob: bytes) -> None:
+        """Replace the checkpoint with ``blob``, which covers every batch appended so far;
+        those batches are dropped. Atomic: a crash leaves the old or the new pair."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release what the store holds open."""
+
+
+class Journal:
+    """Records changes to a ``State`` and makes them durable in a ``JournalStore``."""
+
+    #: commit on its own once this many records are queued
+    MAX_QUEUED = 4096
+
+    def __init__(self, store: JournalStore, state: State):
+        self.store = store
+        self.state = state
+        self._queued: list[tuple] = []
+        self._commit_lock = trio.Lock()
+        self._appended_bytes = 0  # batches since the last checkpoint
+        self._checkpoint_bytes = 0
+        self.commit_needed = trio.Event()
+
+    @classmethod
+    async def load(cls, store: JournalStore) -> "Journal":
+        """Rebuild the state from ``store``: CorruptRecord if the metadata is damaged."""
+        state = State()
+        blob, batches = await store.load()
+        if blob is not None:
+            if not blob.startswith(CHECKPOINT_MAGIC):
+                raise records.CorruptRecord("checkpoint does not start with the resilfs magic")
+            for record in records.decode(memoryview(blob)[len(CHECKPOINT_MAGIC):]):
+                state.apply(record)
+        for batch in batches:
+            for record in records.decode(batch):
+                state.apply(record)
+        state.allocator.release(state.allocator.seal())
+        journal = cls(store, state)
+        journal._checkpoint_bytes = len(blob or b"")
+        journal._appended_bytes = sum(len(b) for b in batches)
+        log.info("metadata loaded: checkpoint of %d bytes, %d batches of %d bytes, %d inodes",
+                 journal._checkpoint_bytes, len(batches), journal._appended_bytes,
+                 len(state.inodes))
+        return journal
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    def record(self, record: tuple) -> None:
+        """Apply ``record`` to the state and queue it for the next commit.
+
+        A WRITTEN record right after a WRITTEN record of the same inode replaces it (it
+        says everything the earlier one said), so a stream of writes queues one record.
+        """
+        self.state.apply(record)
+        if (record[0] == Op.WRITTEN and self._queued and self._queued[-1][0] == Op.WRITTEN
+                and self._queued[-1][1] == record[1]):
+            self._queued[-1] = record
+        else:
+            self._queued.append(record)
+        if len(self._queued) >= self.MAX_QUEUED:
+            self.commit_needed.set()
+
+    async def commit(self) -> None:
+        """Append the queued records; return when they are durable.
+
+        On failure (store error, cancellation) the records are queued again in front of newer
+        ones, so the next commit retries them; the space they freed stays quarantined.
+        """
+        async with self._commit_lock:
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
+        if not self._queued:
+            return
+        batch_records, self._queued = self._queued, []
+        sealed = self.state.allocator.seal()
+        try:
+            batch = records.encode(batch_records)
+            await self.store.append(batch)
+        except BaseException:
+            self._queued[:0] = batch_records
+            self.state.allocator.unseal(sealed)
+            raise
+        self.state.allocator.release(sealed)
+        self._appended_bytes += len(batch)
+
+    def wants_checkpoint(self) -> bool:
+        """Whether the batches since the last checkpoint outweigh it (compaction pays)."""
+        return self._appended_bytes > max(1 << 20, 2 * self._checkpoint_bytes)
+
+    async def checkpoint(self, attempts: int = 8) -> bool:
+        """Write the state as a checkpoint; the store drops the batches it covers.
+
+        Commits first; if records keep arriving during the commit, gives up after
+        ``attempts`` commits and returns False (nothing changed). Store errors propagate.
+        """
+        async with self._commit_lock:
+            for _ in range(attempts):
+                await self._commit_locked()
+                if not self._queued:  # no await between this check and the encoding
+                    blob = CHECKPOINT_MAGIC + records.encode(self.state.checkpoint_records())
+                    break
+            else:
+                return False
+            await self.store.write_checkpoint(blob)
+            self._checkpoint_bytes = len(blob)
+            self._appended_bytes = 0
+        log.info("metadata checkpoint: %d bytes, %d inodes", len(blob), len(self.state.inodes))
+        return True
+
+
+class JournalWorker:
+    """Background commits and compaction for a mount: ``run()`` in the mount's nursery,
+    ``stop()`` to end it after a last commit.
+
+    Commits every ``interval`` seconds (bounding what a daemon crash loses without fsync)
+    and when the journal asks (too many queued records); checkpoints when the batches
+    outweigh the checkpoint. A failed commit is logged and retried at the next tick; the
+    records stay queued. Cancellation stops it between steps.
+    """
+
+    def __init__(self, journal: Journal, interval: float = 1.0):
+        self.journal = journal
+        self.interval = interval
+        self._stopped = trio.Event()
+
+    async def run(self) -> None:
+        while not self._stopped.is_set():
+            with trio.move_on_after(self.interval):
+                await self.journal.commit_needed.wait()
+            self.journal.commit_needed = trio.Event()
+            try:
+                await self.journal.commit()
+                if self.journal.wants_checkpoint():
+                    await self.journal.checkpoint()
+            except Exception:
+                log.exception("metadata commit failed; records stay queued")
+        await self.journal.commit()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.journal.commit_needed.set()
