@@ -20,6 +20,7 @@ except ImportError:
 
 MAX_CHUNK = 0x7FFFFFFF
 DECODE_CACHE = 64
+_MUL = MUL_TABLE.tobytes()  # _MUL[a * 256 + b] == a * b in GF(2^8)
 
 
 class IsalCodec(MdsCodec):
@@ -66,11 +67,11 @@ class IsalCodec(MdsCodec):
         inverse = _isal.invert_matrix(square, k)
         coef = bytearray()
         for w in missing:
-            row = rows[w * k:(w + 1) * k]
+            row = [rows[w * k + i] * 256 for i in range(k)]
             for col in range(k):
                 acc = 0
                 for i in range(k):
-                    acc ^= int(MUL_TABLE[row[i], inverse[i * k + col]])
+                    acc ^= _MUL[row[i] + inverse[i * k + col]]
                 coef.append(acc)
         log.debug("%s: decode tables for %s from %s", self.scheme, missing, chosen)
         return _isal.Tables(k, len(missing), bytes(coef))

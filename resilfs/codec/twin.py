@@ -2,9 +2,10 @@
 extension is not built.
 
 Same functions, same arguments, same results byte for byte, same errors (ValueError for
-wrong counts or lengths, TypeError/BufferError for non-buffers) as ``resilfs._xor`` and the
-field and matrix helpers of ``resilfs._isal``. The field is GF(2^8) with polynomial 0x11d,
-the one ISA-L and zfec both use. Slow: meant for tests, small updates and fallback.
+wrong counts or lengths, TypeError/BufferError for non-buffers or a read-only output) as
+``resilfs._xor`` and the field and matrix helpers of ``resilfs._isal``. The field is
+GF(2^8) with polynomial 0x11d, the one ISA-L and zfec both use. Slow: meant for tests,
+small updates and fallback.
 """
 import numpy as np
 
@@ -60,7 +61,7 @@ def _bytes_view(buf, writable: bool = False) -> memoryview:
     if not view.c_contiguous:
         raise BufferError("buffer is not C-contiguous")
     if writable and view.readonly:
-        raise TypeError("output buffer is read-only")
+        raise BufferError("Object is not writable.")
     return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
 
 
