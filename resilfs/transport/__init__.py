@@ -10,11 +10,21 @@ from .base import DEFAULT_TIMEOUT, ApplianceClient, TransportError
 TRANSPORTS = ("tcp", "shm", "rdma")
 
 __all__ = ["DEFAULT_TIMEOUT", "TRANSPORTS", "SecretFileError", "UnknownTransport", "connect",
-           "load_secret"]
+           "load_secret", "unavailable_reason"]
 
 
 class UnknownTransport(TransportError, ValueError):
     """The transport name is not one of TRANSPORTS, or it cannot run on this machine."""
+
+
+def unavailable_reason(transport: str) -> str | None:
+    """Why ``transport`` cannot run on this machine, or None if it can."""
+    if transport == "rdma":
+        from . import rdma
+        return rdma.unavailable_reason()
+    if transport not in TRANSPORTS:
+        return f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}"
+    return None
 
 
 async def connect(address: str, *, transport: str = "tcp", secret: bytes,
@@ -31,11 +41,9 @@ async def connect(address: str, *, transport: str = "tcp", secret: bytes,
     if transport == "shm":
         from .shm import ShmClient
         return await ShmClient.create(address, secret=secret, timeout=timeout)
-    if transport == "rdma":
-        from . import rdma
-        reason = rdma.unavailable_reason()
-        if reason:
-            raise UnknownTransport(f"transport rdma is unavailable: {reason}")
-        return await rdma.RdmaClient.create(address, secret=secret, timeout=timeout)
-    raise UnknownTransport(f"unknown transport {transport!r}; choose one of "
-                           f"{', '.join(TRANSPORTS)}")
+    reason = unavailable_reason(transport)
+    if reason:
+        raise UnknownTransport(reason if transport not in TRANSPORTS
+                               else f"transport {transport} is unavailable: {reason}")
+    from .rdma import RdmaClient
+    return await RdmaClient.create(address, secret=secret, timeout=timeout)

@@ -1,0 +1,169 @@
+"""The shm transport: one-sided access to the regions of an appliance on this host.
+
+Address scheme: the appliance serving tcp ``HOST:PORT`` also listens on the abstract Unix
+socket ``@resilfs-appliance:PORT`` (``protocol.shm_socket_name``); ``connect(address,
+transport="shm")`` takes the same ``HOST:PORT`` and uses only the port. Control operations
+(alloc, free, records, intents, ...) go over that socket with the ordinary protocol. For data
+the client asks once per region for its memfd (``SHM_MAP``; the appliance checks the region
+key before passing the descriptor with SCM_RIGHTS), maps it, and from then on reads and
+writes are memory copies in this process: no appliance CPU on the data path.
+
+Free-then-use: the appliance also shares its status table (``SHM_TABLE``), where slot ``s``
+holds the id of the live region owning it, or 0. Every data operation checks the region's
+slot before copying, and reads check it again after; the appliance clears the slot before
+anything else when any client frees the region. So a region freed through any client is
+refused with NoSuchRegion from then on. A write that races with another client's
+concurrent free may land in the freed memory, which nobody can read any more (each region
+has its own memfd, never reused); a read that races with it raises NoSuchRegion.
+
+Liveness: data operations fail with ApplianceUnavailable once the control socket died (the
+appliance exited); the mapping itself would outlive the appliance, so a copy that started
+just before its death still completes into memory nobody will read.
+"""
+import mmap
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import trio
+
+from ..protocol import REGION_REF, U64, Op, shm_socket_name, split_address
+from .base import NoSuchRegion, RegionHandle
+from .stream import StreamClient, _byte_view, _check_range, finite_timeout, open_socket
+
+MAX_MAPPINGS = 1024  # regions kept mapped at once (least recently used are unmapped)
+
+
+class _Mapping:
+    __slots__ = ("map", "view", "slot", "region_id")
+
+    def __init__(self, fd: int, size: int, slot: int, region_id: int):
+        self.map = mmap.mmap(fd, size)
+        self.view = memoryview(self.map)
+        self.slot = slot
+        self.region_id = region_id
+
+    def close(self) -> None:
+        self.view.release()
+        self.map.close()
+
+
+class ShmClient(StreamClient):
+    """An ``ApplianceClient`` for an appliance on this host, copying through mappings."""
+
+    @classmethod
+    async def create(cls, address: str, *, secret: bytes, timeout: float) -> "ShmClient":
+        """Connect to the appliance's Unix socket and authenticate; map its status table.
+
+        Raises ApplianceUnavailable if no appliance for that port runs on this host.
+        """
+        _host, port = split_address(address)
+        sock = await open_socket(socket.AF_UNIX, shm_socket_name(port),
+                                 finite_timeout(timeout), f"{address} (shm)")
+        client = cls(address, sock, timeout, unix=True)
+        await client._handshake(secret)
+        try:
+            pending = await client._call(Op.SHM_TABLE, [b""])
+            slots = U64.unpack(pending.payload)[0]
+            try:
+                client._status_map = mmap.mmap(pending.fd, slots * 8, prot=mmap.PROT_READ)
+            finally:
+                os.close(pending.fd)
+        except BaseException:
+            await client.aclose()
+            raise
+        client._status = memoryview(client._status_map).cast("Q")
+        client._mappings: OrderedDict[tuple[int, int], _Mapping] = OrderedDict()
+        return client
+
+    async def _mapping(self, region: RegionHandle) -> _Mapping:
+        """The mapping of a live region (mapping it first if needed); NoSuchRegion if freed."""
+        if self._dead is not None:
+            raise self._unavailable()
+        ref = (region.region_id, region.key)
+        mapping = self._mappings.get(ref)
+        if mapping is None:
+            pending = await self._call(Op.SHM_MAP, [REGION_REF.pack(*ref)])
+            size, slot = U64.unpack(pending.payload[:8])[0], U64.unpack(pending.payload[8:])[0]
+            try:
+                mapping = _Mapping(pending.fd, size, slot, region.region_id)
+            finally:
+                os.close(pending.fd)
+            self._mappings[ref] = mapping
+            if len(self._mappings) > MAX_MAPPINGS:
+                self._mappings.popitem(last=False)[1].close()
+        else:
+            self._mappings.move_to_end(ref)
+            await trio.lowlevel.checkpoint()
+        self._check_live(ref, mapping)
+        return mapping
+
+    def _check_live(self, ref: tuple[int, int], mapping: _Mapping) -> None:
+        if self._dead is not None:
+            raise self._unavailable()
+        if self._status[mapping.slot] != mapping.region_id:
+            self._drop(ref)
+            raise NoSuchRegion(f"region {mapping.region_id} was freed")
+
+    def _drop(self, ref: tuple[int, int]) -> None:
+        mapping = self._mappings.pop(ref, None)
+        if mapping is not None:
+            mapping.close()
+
+    async def free(self, region: RegionHandle) -> None:
+        await super().free(region)
+        self._drop((region.region_id, region.key))
+
+    async def read_into(self, region: RegionHandle, offset: int, buffer) -> None:
+        view = _byte_view(buffer, writable=True)
+        _check_range(region, offset, len(view))
+        mapping = await self._mapping(region)
+        view[:] = mapping.view[offset:offset + len(view)]
+        self._check_live((region.region_id, region.key), mapping)
+
+    async def write(self, region: RegionHandle, offset: int, data) -> None:
+        view = _byte_view(data)
+        _check_range(region, offset, len(view))
+        mapping = await self._mapping(region)
+        mapping.view[offset:offset + len(view)] = view
+
+    async def _map_all(self, ranges, writable: bool) -> list[tuple[_Mapping, int, memoryview]]:
+        """Map every range's region; on return (no await since) every mapping is live."""
+        checked = []
+        for region, offset, buffer in ranges:
+            view = _byte_view(buffer, writable)
+            _check_range(region, offset, len(view))
+            checked.append(((region.region_id, region.key), region, offset, view))
+        if len({ref for ref, *_ in checked}) > MAX_MAPPINGS // 2:
+            raise ValueError(f"a vectored operation may touch at most {MAX_MAPPINGS // 2} "
+                             "regions of one appliance")
+        while True:  # a concurrent call may have unmapped one while we mapped the next
+            for _, region, _, _ in checked:
+                await self._mapping(region)
+            mappings = [self._mappings.get(ref) for ref, *_ in checked]
+            if all(m is not None for m in mappings):
+                break
+        for (ref, *_), mapping in zip(checked, mappings, strict=True):
+            self._check_live(ref, mapping)
+        return [(mapping, offset, view)
+                for (_, _, offset, view), mapping in zip(checked, mappings, strict=True)]
+
+    async def readv(self, ranges: Sequence[tuple[RegionHandle, int, object]]) -> None:
+        mapped = await self._map_all(ranges, True)
+        for mapping, offset, view in mapped:
+            view[:] = mapping.view[offset:offset + len(view)]
+        for mapping, _, _ in mapped:
+            if self._status[mapping.slot] != mapping.region_id:
+                raise NoSuchRegion(f"region {mapping.region_id} was freed")
+
+    async def writev(self, ranges: Sequence[tuple[RegionHandle, int, object]]) -> None:
+        for mapping, offset, view in await self._map_all(ranges, False):
+            mapping.view[offset:offset + len(view)] = view
+
+    def _fail(self, reason: str) -> None:
+        super()._fail(reason)
+        for mapping in getattr(self, "_mappings", {}).values():
+            mapping.close()
+        if hasattr(self, "_mappings"):
+            self._mappings.clear()
