@@ -1,0 +1,26 @@
+"""Exceptions of the resiliency-set layer; each message is meant for a user."""
+from ..errors import ResilfsError
+
+
+class SetError(ResilfsError):
+    """Base class of everything the resiliency-set layer raises."""
+
+
+class SetUnavailable(SetError):
+    """More members are lost than the set's scheme tolerates: the data cannot be served.
+
+    Raised instead of ever returning wrong data. A write that raises it may have reached some
+    members; the range's contents are then undefined until enough members return.
+    """
+
+
+class SetNotFound(SetError):
+    """No reachable appliance holds a membership record for this set."""
+
+
+class SetConflict(SetError):
+    """The membership record was changed by another client (compare-and-set failed)."""
+
+
+class NoPlacement(SetError):
+    """Not enough distinct live appliances with free space to place (or replace) members."""
