@@ -1,6 +1,11 @@
-"""Pytest fixtures that run real appliance processes; import them where needed:
+"""Pytest fixtures that run real appliance processes. In a conftest.py:
 
     from tests.appliances import appliance, appliances, launcher, secret  # noqa: F401
+
+or in a test module (an assignment, so ruff does not see fixture arguments as redefinitions):
+
+    from tests import appliances
+    launcher, appliance = appliances.launcher, appliances.appliance  # fixtures
 
 ``launcher``: an ``ApplianceLauncher`` in a temporary dir, nothing started yet; every process
 it starts is stopped (by PID) when the test ends, pass or fail. ``appliance``: one running

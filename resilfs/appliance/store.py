@@ -107,6 +107,11 @@ class RegionStore:
                     continue
                 if region_id not in self._regions:
                     os.unlink(os.path.join(self._dir, name))
+        try:
+            with open(os.path.join(self._dir, "next-id")) as f:
+                self._next_id = max(self._next_id, int(f.read()))
+        except (OSError, ValueError):
+            pass
         if self._regions:
             log.info("found %d regions (%d bytes) in %s", len(self._regions), self.used,
                      self._dir)
@@ -129,7 +134,11 @@ class RegionStore:
         region_id = self._next_id
         self._next_id += 1
         key = secrets.randbits(64) or 1
-        if self._dir:
+        if self._dir:  # region ids are never reused, not even across restarts
+            next_path = os.path.join(self._dir, "next-id")
+            with open(next_path + ".tmp", "w") as f:
+                f.write(str(self._next_id))
+            os.replace(next_path + ".tmp", next_path)
             data_path, meta_path = self._paths(region_id)
             fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         else:

@@ -1,0 +1,196 @@
+"""Appliance failures as clients see them: crashes, hangs, restarts, intruders."""
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from resilfs.transport import connect
+from resilfs.transport.base import (
+    ApplianceUnavailable,
+    AuthenticationFailed,
+    NoSuchRegion,
+    WrongRegionKey,
+)
+from tests import appliances
+
+launcher, appliance = appliances.launcher, appliances.appliance  # fixtures
+
+MiB = 1 << 20
+
+
+async def test_sigkill_mid_operation_fails_fast(launcher, appliance):
+    client = await connect(appliance.address, secret=launcher.secret)
+    region = await client.alloc(8 * MiB, "fault")
+    data = os.urandom(MiB)
+    failures = []
+    running = trio.Event()
+
+    async def hammer(i):
+        buffer = bytearray(MiB)
+        try:
+            while True:
+                await client.write(region, i * MiB, data)
+                await client.read_into(region, i * MiB, buffer)
+                running.set()
+        except ApplianceUnavailable:
+            failures.append(trio.current_time())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(hammer, i)
+            await running.wait()
+            killed_at = trio.current_time()
+            os.kill(appliance.pid, signal.SIGKILL)
+    assert len(failures) == 4
+    assert max(failures) - killed_at <= 1.0
+    with trio.fail_after(0.1):  # a dead connection fails every call at once
+        with pytest.raises(ApplianceUnavailable):
+            await client.stat()
+    launcher.kill(appliance)  # reap
+
+
+async def test_hung_appliance_times_out(launcher, appliance):
+    client = await connect(appliance.address, secret=launcher.secret, timeout=0.5)
+    region = await client.alloc(4096, "fault")
+    os.kill(appliance.pid, signal.SIGSTOP)
+    try:
+        start = trio.current_time()
+        with trio.fail_after(5):
+            with pytest.raises(ApplianceUnavailable, match="no answer"):
+                await client.read(region, 0, 10)
+        assert trio.current_time() - start <= 1.0
+        with pytest.raises(ApplianceUnavailable):
+            await client.write(region, 0, b"x")
+        with pytest.raises(ApplianceUnavailable):
+            await connect(appliance.address, secret=launcher.secret, timeout=0.3)
+    finally:
+        os.kill(appliance.pid, signal.SIGCONT)
+
+
+async def test_unreachable_appliance(launcher):
+    with trio.fail_after(5):
+        with pytest.raises(ApplianceUnavailable):
+            await connect("127.0.0.1:1", secret=launcher.secret)
+        with pytest.raises(ApplianceUnavailable):
+            await connect("127.0.0.1:1", transport="shm", secret=launcher.secret)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+async def test_restart_with_persist_dir_keeps_everything(launcher, appliance, transport):
+    client = await connect(appliance.address, transport=transport, secret=launcher.secret)
+    before = await client.stat()
+    regions = [await client.alloc(size, "fs-restart") for size in (4096, 3 * MiB)]
+    contents = [os.urandom(r.size) for r in regions]
+    for region, data in zip(regions, contents, strict=True):
+        await client.write(region, 0, data)
+    freed = await client.alloc(4096, "fs-restart")
+    await client.free(freed)
+    await client.record_put("fs-restart", "super", b"block", 0)
+    await client.intent_begin("fs-restart", "set", 7, [(0, 4096)])
+    await client.intent_begin("fs-restart", "set", 8, [(4096, 10)])
+    await client.intent_end("fs-restart", "set", [8])
+    launcher.kill(appliance)
+    with pytest.raises(ApplianceUnavailable):
+        await client.stat()
+    launcher.restart(appliance)
+    async with await connect(appliance.address, transport=transport,
+                             secret=launcher.secret) as client:
+        after = await client.stat()
+        assert after.appliance_id == before.appliance_id
+        assert after.used == sum(r.size for r in regions)
+        for region, data in zip(regions, contents, strict=True):
+            again = await client.lookup(region.region_id, region.key)
+            assert again == region
+            assert bytes(await client.read(again, 0, again.size)) == data
+        with pytest.raises(NoSuchRegion):
+            await client.lookup(freed.region_id, freed.key)
+        assert await client.record_get("fs-restart", "super") == (1, b"block")
+        assert await client.intent_pending("fs-restart", "set") == [(7, [(0, 4096)])]
+        new = await client.alloc(4096, "fs-restart")
+        assert new.region_id not in {r.region_id for r in regions} | {freed.region_id}
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+async def test_wrong_secret_refused(launcher, appliance, transport):
+    with pytest.raises(AuthenticationFailed):
+        await connect(appliance.address, transport=transport, secret=b"not the secret" * 2)
+    async with await connect(appliance.address, transport=transport,
+                             secret=launcher.secret) as client:
+        await client.stat()  # the appliance is unharmed
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+async def test_client_without_key_cannot_touch_region(launcher, appliance, transport):
+    owner = await connect(appliance.address, secret=launcher.secret)
+    region = await owner.alloc(4096, "fs-owner")
+    await owner.write(region, 0, b"private")
+    async with await connect(appliance.address, transport=transport,
+                             secret=launcher.secret) as intruder:
+        listed = [i for i in await intruder.regions() if i.region_id == region.region_id]
+        assert listed and not hasattr(listed[0], "key")  # listing reveals no key
+        for guess in (0, 1, region.key ^ (1 << 63), region.key + 1):
+            handle = type(region)(region.appliance, region.region_id, region.size, guess)
+            with pytest.raises(WrongRegionKey):
+                await intruder.read(handle, 0, 7)
+            with pytest.raises(WrongRegionKey):
+                await intruder.write(handle, 0, b"defaced")
+            with pytest.raises(WrongRegionKey):
+                await intruder.free(handle)
+    assert bytes(await owner.read(region, 0, 7)) == b"private"
+    await owner.aclose()
+
+
+def _run_cli(*args, timeout=10):
+    return subprocess.run([sys.executable, "-m", "resilfs", "appliance", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--capacity", "lots"], "capacity must be a positive size"),
+    (["--capacity", "0"], "capacity must be a positive size"),
+    (["--listen", "nohostport"], "--listen must be HOST:PORT"),
+    (["--listen", "127.0.0.1:99999"], "--listen must be HOST:PORT"),
+    (["--metrics", "x"], "--metrics must be HOST:PORT"),
+    (["--secret-file", "/nonexistent/secret"], "cannot open secret file"),
+    (["--frobnicate"], "unrecognized arguments"),
+])
+def test_cli_bad_arguments_one_line(launcher, args, message):
+    if "--secret-file" not in args:
+        args = [*args, "--secret-file", launcher.secret_file]
+    result = _run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_secret_file_mode_enforced(launcher, tmp_path):
+    loose = tmp_path / "loose-secret"
+    loose.write_bytes(launcher.secret)
+    loose.chmod(0o644)
+    result = _run_cli("--secret-file", str(loose))
+    assert result.returncode == 2
+    assert "must be 0600" in result.stderr and result.stderr.count("\n") == 1
+    assert stat.S_IMODE(os.stat(launcher.secret_file).st_mode) == 0o600
+
+
+def test_cli_address_in_use_one_line(launcher, appliance):
+    result = _run_cli("--listen", appliance.address, "--secret-file", launcher.secret_file)
+    assert result.returncode == 1
+    assert "in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_persist_dir_locked(launcher, appliance):
+    result = _run_cli("--listen", "127.0.0.1:0", "--secret-file", launcher.secret_file,
+                      "--persist-dir", appliance.persist_dir)
+    assert result.returncode == 2 and "in use by another appliance" in result.stderr
+
+
+def test_sigterm_stops_gracefully(launcher, appliance):
+    assert launcher.stop(appliance) == 0
+    with open(appliance.log_path) as f:
+        assert "stopping on SIGTERM" in f.read()
