@@ -145,8 +145,9 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
     """Write the record to ``addresses`` concurrently; return the ones that failed.
 
     ``generations`` holds the generation last seen per appliance and is updated. An
-    appliance not in it is asked first (a returning member holds an older copy). Raises
-    SetConflict if a copy changed behind our back or holds a newer epoch than ours.
+    appliance not in it is asked first (a returning member holds an older copy; a
+    cancelled put leaves the generation unknown). Raises SetConflict if a copy changed
+    behind our back or holds a newer epoch than ours.
     """
     name = record_name(membership.set_id)
     value = membership.to_bytes()
@@ -166,6 +167,8 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
                     conflicts.append(f"{address} holds a newer epoch")
                     return
                 generations[address] = got[0] if got else 0
+            log.debug("put %s epoch %d to %s expecting %d", name, membership.epoch, address,
+                      generations[address])
             generations[address] = await client.record_put(
                 membership.owner, name, value, generations[address])
         except RecordConflict as e:
@@ -176,6 +179,9 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
             generations.pop(address, None)
             await pool.mark_failed(address, client)
             failed.append(address)
+        except BaseException:  # cancelled: the put may have landed; ask next time
+            generations.pop(address, None)
+            raise
 
     async with trio.open_nursery() as nursery:
         for address in addresses:

@@ -161,6 +161,7 @@ async def rebuild_run(s: ResiliencySet, index: int, stripes: range) -> int:
         if await s.transfer({index: [(member.handle, base, out)]}, write=True):
             return 0
         member.dirty.difference_update(run)
+        s.rebuilt_bytes += n
         progress = s.progress.get(index)
         if progress is not None:
             progress.done += n

@@ -93,6 +93,7 @@ class ResiliencySet:
         self._listeners: list[Callable[[ResiliencySet], None]] = []
         self._rotor = 0
         self.resynced_stripes = 0  # stripes the last open resynced for unfinished writes
+        self.rebuilt_bytes = 0  # bytes written to rebuilding members, ever
         self._closed = False
 
     # -- construction -------------------------------------------------------------------
