@@ -149,9 +149,9 @@ cdef class Tables:
         self.rows = rows
         self._tables = bytes(tables)
 
-    def encode(self, sources, outputs):
-        """Write ``rows`` outputs from ``k`` equal-length sources."""
-        srcs = _Buffers(sources, self.k, -1, False, "source")
+    def encode(self, sources, outputs, Py_ssize_t length=-1):
+        """Write ``rows`` outputs from ``k`` equal-length sources (of ``length`` bytes if >= 0)."""
+        srcs = _Buffers(sources, self.k, length, False, "source")
         outs = _Buffers(outputs, self.rows, srcs.length, True, "output")
         cdef unsigned char *t = self._tables
         if srcs.length == 0:

@@ -16,22 +16,25 @@ cdef extern from "xor_kernel.h":
                           size_t length, int accumulate) nogil
 
 
-def xor_into(out, sources, bint accumulate=False):
+def xor_into(out, sources, bint accumulate=False, Py_ssize_t length=-1):
     """XOR the equal-length buffers ``sources`` into ``out`` (``^=`` if ``accumulate``).
 
-    ``out`` may be one of the sources. Raises ValueError when ``sources`` is empty or any
-    length differs from ``out``'s.
+    ``out`` may be one of the sources. Raises ValueError when ``sources`` is empty, any
+    length differs from ``out``'s, or (``length`` >= 0) ``out`` is not ``length`` bytes.
     """
     cdef Py_buffer out_buf
     cdef Py_buffer *bufs
     cdef unsigned char **ptrs
     cdef Py_ssize_t n, i, acquired = 0
-    cdef size_t length
+    cdef size_t nbytes
     srcs = sources if isinstance(sources, (list, tuple)) else list(sources)
     n = len(srcs)
     if n == 0 and not accumulate:
         raise ValueError("xor_into needs at least one source")
     PyObject_GetBuffer(out, &out_buf, PyBUF_SIMPLE | PyBUF_WRITABLE)
+    if length >= 0 and out_buf.len != length:
+        PyBuffer_Release(&out_buf)
+        raise ValueError(f"out has {out_buf.len} bytes, expected {length}")
     bufs = <Py_buffer *> PyMem_Malloc((n + 1) * sizeof(Py_buffer))
     ptrs = <unsigned char **> PyMem_Malloc((n + 1) * sizeof(unsigned char *))
     try:
@@ -44,9 +47,9 @@ def xor_into(out, sources, bint accumulate=False):
                 raise ValueError(
                     f"source {i} has {bufs[i].len} bytes, out has {out_buf.len}")
             ptrs[i] = <unsigned char *> bufs[i].buf
-        length = <size_t> out_buf.len
+        nbytes = <size_t> out_buf.len
         with nogil:
-            resilfs_xor_into(<unsigned char *> out_buf.buf, ptrs, <size_t> n, length,
+            resilfs_xor_into(<unsigned char *> out_buf.buf, ptrs, <size_t> n, nbytes,
                              accumulate)
     finally:
         for i in range(acquired):

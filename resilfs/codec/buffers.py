@@ -25,6 +25,12 @@ def as_bytes(buf, what: str, size: int | None = None, writable: bool = False) ->
     return view
 
 
+def flat(buf) -> memoryview:
+    """A flat unsigned-byte view of a buffer already known to be contiguous."""
+    view = memoryview(buf)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+
+
 def as_chunks(bufs: Sequence, count: int, size: int, what: str,
               writable: bool = False) -> list[memoryview]:
     """Views of exactly ``count`` buffers of ``size`` bytes each; CodecError otherwise."""

@@ -8,7 +8,7 @@ from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 
 from .base import Codec, CodecError, NotEnoughChunks
-from .buffers import as_bytes, as_chunks, same_length
+from .buffers import as_bytes, as_chunks, flat, same_length
 
 
 class MdsCodec(Codec):
@@ -34,9 +34,21 @@ class MdsCodec(Codec):
                 coding: list[memoryview]) -> None:
         """Apply data chunk ``index`` changing from ``old`` to ``new`` to ``coding``."""
 
+    def _encode_fast(self, data: Sequence, out: Sequence) -> bool:
+        """Encode unchecked buffers into ``out`` if the backend's kernel checks every count
+        and length itself, raising ValueError, TypeError or BufferError before it writes;
+        return False (doing nothing) if the backend has no such path."""
+        return False
+
     # -- the interface ----------------------------------------------------------------
 
     def encode(self, data: Sequence, out: Sequence | None = None) -> list[memoryview]:
+        if out is not None:
+            try:
+                if self._encode_fast(data, out):
+                    return [flat(o) for o in out]
+            except (TypeError, ValueError, BufferError):
+                pass  # nothing was written; the checked path below says what is wrong
         views = as_chunks(data, self.data_chunks, self.chunk_size, "data")
         if out is None:
             outs = [memoryview(bytearray(self.chunk_size)) for _ in range(self.coding_chunks)]

@@ -47,6 +47,10 @@ class IsalCodec(MdsCodec):
         self._encoder = _isal.Tables(k, m, coding)
         self._decoder = functools.lru_cache(maxsize=DECODE_CACHE)(self._decode_tables)
 
+    def _encode_fast(self, data, out):
+        self._encoder.encode(data, out, self.chunk_size)
+        return True
+
     def _encode(self, data, out):
         self._encoder.encode(data, out)
 

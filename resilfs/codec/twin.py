@@ -65,12 +65,14 @@ def _bytes_view(buf, writable: bool = False) -> memoryview:
     return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
 
 
-def xor_into(out, sources, accumulate: bool = False) -> None:
+def xor_into(out, sources, accumulate: bool = False, length: int = -1) -> None:
     """``out = XOR(sources)`` (``out ^= XOR(sources)`` if ``accumulate``); see resilfs._xor."""
     sources = list(sources)
     if not sources and not accumulate:
         raise ValueError("xor_into needs at least one source")
     target = _bytes_view(out, writable=True)
+    if length >= 0 and target.nbytes != length:
+        raise ValueError(f"out has {target.nbytes} bytes, expected {length}")
     views = [_bytes_view(s) for s in sources]
     for i, view in enumerate(views):
         if view.nbytes != target.nbytes:
@@ -150,12 +152,13 @@ class Tables:
                 raise ValueError(f"output buffer {i} has {out.nbytes} bytes, expected {length}")
         return outs
 
-    def encode(self, sources, outputs) -> None:
-        """Write ``rows`` outputs from ``k`` equal-length sources."""
+    def encode(self, sources, outputs, length: int = -1) -> None:
+        """Write ``rows`` outputs from ``k`` equal-length sources (of ``length`` bytes if >= 0)."""
         srcs = [_bytes_view(s) for s in sources]
         if len(srcs) != self.k:
             raise ValueError(f"expected {self.k} source buffers, got {len(srcs)}")
-        length = srcs[0].nbytes
+        if length < 0:
+            length = srcs[0].nbytes
         for i, src in enumerate(srcs):
             if src.nbytes != length:
                 raise ValueError(f"source buffer {i} has {src.nbytes} bytes, expected {length}")

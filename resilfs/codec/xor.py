@@ -15,6 +15,12 @@ class XorParityCodec(MdsCodec):
         super().__init__(scheme, chunk_size)
         self.coding_matrix = (tuple(1 for _ in range(self.data_chunks)),)
 
+    def _encode_fast(self, data, out):
+        if len(data) != self.data_chunks or len(out) != 1:
+            raise ValueError("wrong chunk count")
+        xor_into(out[0], data, length=self.chunk_size)
+        return True
+
     def _encode(self, data, out):
         xor_into(out[0], data)
 

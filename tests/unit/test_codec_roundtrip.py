@@ -131,3 +131,15 @@ def test_minimum_to_decode_suffices(backend, k, m, data):
     chunks = stripe(codec, k + m)
     decoded = codec.decode({i: chunks[i] for i in needed}, sorted(wanted))
     assert {i: bytes(v) for i, v in decoded.items()} == {i: chunks[i] for i in wanted}
+
+
+@pytest.mark.parametrize("backend", [b for b in ("xor", "isal") if b in EVERY_BACKEND])
+def test_encode_into_buffers_takes_the_kernel_path(backend, monkeypatch):
+    """Valid buffers go straight to the kernel (which checks them) without Python checks."""
+    from resilfs.codec import mds
+
+    codec = make_codec(scheme_for(backend, 4, 2), 4096, backend)
+    chunks = stripe(codec, 9)
+    monkeypatch.setattr(mds, "as_chunks", None)
+    out = [bytearray(4096) for _ in range(codec.coding_chunks)]
+    assert [bytes(c) for c in codec.encode(chunks[:4], out=out)] == chunks[4:]
