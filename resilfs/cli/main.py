@@ -9,6 +9,8 @@ import sys
 # subcommand name -> module name in this package
 SUBCOMMANDS = {
     "appliance": "appliance",
+    "mkfs": "mkfs",
+    "mount": "mount",
 }
 
 

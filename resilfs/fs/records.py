@@ -5,8 +5,8 @@ A record is a tuple ``(op, field, ...)``. Each op has a fixed field layout (``LA
 None. Integers are little-endian; bytes are a u32 length then the bytes (``N`` uses length
 0xFFFFFFFF for None). A batch is the records concatenated; a record starts with its op byte.
 
-The same records make up checkpoints (``INODE``, ``DIRENT``, ``XATTR``, ``MAP``, ``SET``,
-``NEXT``), so that a checkpoint is replayed by the same apply function as the journal.
+The same records make up checkpoints (``FORMAT``, ``INODE``, ``DIRENT``, ``XATTR``, ``MAP``,
+``SET``, ``NEXT``), so that a checkpoint is replayed by the same apply function as the journal.
 Decoding raises CorruptRecord on anything malformed and never returns a partial batch.
 """
 import struct
@@ -32,6 +32,7 @@ class Op(IntEnum):
     DELETE = 10  # ino: the inode and its extents are gone
     SET = 11     # set id, size: a new backing resiliency set
     NEXT = 12    # next inode number (checkpoints)
+    FORMAT = 13  # scheme, chunk size, set size: how new data sets are made (mkfs)
 
 
 LAYOUTS = {
@@ -47,6 +48,7 @@ LAYOUTS = {
     Op.DELETE: "Q",
     Op.SET: "QQ",
     Op.NEXT: "Q",
+    Op.FORMAT: "BQQ",
 }
 
 # SETATTR mask bits

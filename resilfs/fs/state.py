@@ -9,6 +9,7 @@ metadata. ``apply`` never awaits and never does I/O.
 import stat
 from bisect import bisect_right
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from .allocator import Allocator
 from .extents import ExtentMap, page_up
@@ -25,6 +26,15 @@ from .records import (
 )
 
 ROOT_INODE = 1
+
+
+@dataclass(frozen=True)
+class Format:
+    """How a filesystem makes data sets: chosen at mkfs, fixed afterwards."""
+
+    scheme: str
+    chunk_size: int
+    set_size: int
 
 
 class Directory:
@@ -105,6 +115,7 @@ class State:
         self.inodes: dict[int, Inode] = {}
         self.next_ino = ROOT_INODE
         self.allocator = Allocator()
+        self.format: Format | None = None
 
     @property
     def next_set_id(self) -> int:
@@ -213,6 +224,9 @@ class State:
     def _set(self, set_id, size):
         self.allocator.add_set(set_id, size)
 
+    def _format(self, scheme, chunk_size, set_size):
+        self.format = Format(scheme.decode(), chunk_size, set_size)
+
     def _next(self, next_ino):
         self.next_ino = max(self.next_ino, next_ino)
 
@@ -223,6 +237,9 @@ class State:
         Call with no write in flight that has reserved space, and after the quarantine is
         released: reserved and quarantined space is written as free.
         """
+        if self.format is not None:
+            f = self.format
+            yield Op.FORMAT, f.scheme.encode(), f.chunk_size, f.set_size
         for set_id, size in self.allocator.set_sizes().items():
             yield Op.SET, set_id, size
         yield Op.NEXT, self.next_ino
@@ -248,7 +265,7 @@ class State:
                 n.target, n.parent, dict(n.xattrs),
                 [(name, ino) for _, name, ino in n.dir.listing()] if n.dir is not None else None,
                 list(n.extents) if n.extents is not None else None)
-        return {"inodes": inodes, "next_ino": self.next_ino,
+        return {"inodes": inodes, "next_ino": self.next_ino, "format": self.format,
                 "sets": self.allocator.set_sizes(), "free": self.allocator.free_ranges()}
 
 
@@ -257,4 +274,5 @@ _APPLY = {
     Op.UNLINK: State._unlink, Op.RENAME: State._rename, Op.SETATTR: State._setattr,
     Op.WRITTEN: State._written, Op.XATTR: State._xattr, Op.MAP: State._map,
     Op.DELETE: State._delete, Op.SET: State._set, Op.NEXT: State._next,
+    Op.FORMAT: State._format,
 }

@@ -1,0 +1,118 @@
+"""File data on resiliency sets: the product's ``Backing`` (see ``resilfs.fs.data``).
+
+Set number N of a filesystem is the resiliency set ``data-N`` of the filesystem's owner
+name. Sets are opened on first use (which resyncs what a crashed writer left behind) and
+handed to the mount's rebuild worker. Set-layer errors become DataUnavailable: EIO for the
+files on that set, never wrong data.
+"""
+import logging
+
+import trio
+
+from ..scheme import Scheme
+from ..sets import AppliancePool, RebuildWorker, ResiliencySet, SetError
+from ..transport.base import TransportError
+from .data import Backing
+from .errors import DataUnavailable
+
+log = logging.getLogger(__name__)
+
+CAPACITY_CACHE = 2.0  # seconds a capacity figure is reused (statfs is frequent)
+
+
+def set_name(set_id: int) -> str:
+    return f"data-{set_id}"
+
+
+class SetBacking(Backing):
+    """Sets of one filesystem, created with ``scheme`` and opened lazily."""
+
+    def __init__(self, pool: AppliancePool, owner: str, scheme: str, *,
+                 write_mode: str = "parallel", chunk_size: int = 64 * 1024,
+                 rebuild: RebuildWorker | None = None):
+        self.pool = pool
+        self.owner = owner
+        self.scheme = scheme
+        self.write_mode = write_mode
+        self.chunk_size = chunk_size
+        self.rebuild = rebuild
+        self._sets: dict[int, ResiliencySet] = {}
+        self._opening: dict[int, trio.Lock] = {}
+        self._capacity: tuple[float, int] | None = None
+
+    def sets(self) -> dict[int, ResiliencySet]:
+        """The sets opened so far (for status and scrub)."""
+        return dict(self._sets)
+
+    def _adopt(self, set_id: int, s: ResiliencySet) -> ResiliencySet:
+        self._sets[set_id] = s
+        if self.rebuild is not None:
+            self.rebuild.watch(s)
+        return s
+
+    async def create_set(self, set_id: int, size: int) -> None:
+        try:
+            s = await ResiliencySet.create(self.pool, self.scheme, None, size, self.owner,
+                                           set_name(set_id), write_mode=self.write_mode,
+                                           chunk_size=self.chunk_size)
+        except (SetError, TransportError) as exc:
+            raise DataUnavailable(f"cannot create data set {set_id}: {exc}") from exc
+        self._adopt(set_id, s)
+
+    async def get(self, set_id: int) -> ResiliencySet:
+        """The open set ``set_id``, opening it on first use (one opener at a time)."""
+        s = self._sets.get(set_id)
+        if s is not None:
+            return s
+        async with self._opening.setdefault(set_id, trio.Lock()):
+            s = self._sets.get(set_id)
+            if s is None:
+                try:
+                    s = await ResiliencySet.open(self.pool, self.owner, set_name(set_id),
+                                                 write_mode=self.write_mode)
+                except (SetError, TransportError) as exc:
+                    raise DataUnavailable(f"cannot open data set {set_id}: {exc}") from exc
+                self._adopt(set_id, s)
+        return s
+
+    async def read_into(self, set_id: int, offset: int, buffer) -> None:
+        s = self._sets.get(set_id) or await self.get(set_id)
+        try:
+            await s.read_into(offset, buffer)
+        except (SetError, TransportError) as exc:
+            raise DataUnavailable(f"data set {set_id}: {exc}") from exc
+
+    async def write(self, set_id: int, offset: int, data) -> None:
+        s = self._sets.get(set_id) or await self.get(set_id)
+        try:
+            await s.write(offset, data)
+        except (SetError, TransportError) as exc:
+            raise DataUnavailable(f"data set {set_id}: {exc}") from exc
+
+    async def free_bytes(self) -> int:
+        """Free appliance memory times the scheme's data fraction (cached a moment)."""
+        now = trio.current_time()
+        if self._capacity is not None and now - self._capacity[0] < CAPACITY_CACHE:
+            return self._capacity[1]
+        free = 0
+        for address in self.pool.up():
+            try:
+                st = await (await self.pool.client(address)).stat()
+            except TransportError:
+                continue
+            free += max(st.capacity - st.used, 0)
+        scheme = Scheme.parse(self.scheme)
+        free = free * scheme.data_chunks // scheme.width
+        self._capacity = (now, free)
+        return free
+
+    async def aclose(self) -> None:
+        """Close every set (ending write intents, storing membership); errors are logged."""
+        for set_id, s in list(self._sets.items()):
+            if self.rebuild is not None:
+                self.rebuild.unwatch(s)
+            try:
+                await s.close()
+            except (SetError, TransportError) as exc:
+                log.warning("closing data set %d: %s", set_id, exc)
+        self._sets.clear()

@@ -1,0 +1,231 @@
+"""File data: file byte ranges -> extents -> byte ranges of resiliency sets.
+
+Reads fill one buffer straight from the sets (holes are zeroed, nothing is copied twice)
+and return a memoryview of it. Writes pass slices of the caller's buffer straight to the
+sets; only the first and last page of a newly mapped range are copied, to pad them with
+zeros, so that every page a file maps has been fully written (reused space needs no
+scrubbing). New extents are mapped in the journal only after their data is written: a
+reader never sees another file's old bytes, and a crash leaves the space free.
+
+Encoding, decoding and large copies happen in the set layer's worker threads; this module
+does no CPU work beyond slicing. Errors of the backing come out as DataUnavailable (EIO
+for that file only); cancellation of a write leaves the range as an interrupted write
+would, and gives reserved space back.
+"""
+import logging
+from abc import ABC, abstractmethod
+
+import trio
+
+from .allocator import OutOfSpace
+from .extents import PAGE, page_down, page_up
+from .metadata import Metadata
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 1 << 20  # FUSE never sends more; larger reads get a fresh buffer
+DEFAULT_SET_SIZE = 256 << 20
+
+
+class Backing(ABC):
+    """Where file data lives: resiliency sets, numbered by the metadata's SET records.
+
+    Every method raises DataUnavailable when the set cannot serve (lost beyond its
+    tolerance, unreachable) and never returns wrong data.
+    """
+
+    @abstractmethod
+    async def create_set(self, set_id: int, size: int) -> None:
+        """Create set ``set_id`` of ``size`` bytes (zero-filled) on the appliances."""
+
+    @abstractmethod
+    async def read_into(self, set_id: int, offset: int, buffer) -> None:
+        """Fill ``buffer`` with the set's bytes at ``offset``."""
+
+    @abstractmethod
+    async def write(self, set_id: int, offset: int, data) -> None:
+        """Write ``data`` at ``offset``; return once the set acknowledged it (durable)."""
+
+    @abstractmethod
+    async def free_bytes(self) -> int:
+        """Bytes of file data the appliances can still give to new sets (after redundancy)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close every open set (ending write intents); the data is kept."""
+
+
+class _Buffers:
+    """Read buffers by size class, reused to avoid page faults on fresh memory.
+
+    Invariant: a buffer goes back to the pool right before ``read`` returns a view of it;
+    pyfuse3 copies that view into the reply with no await in between, so no other read
+    can take the buffer before the reply is sent.
+    """
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._free: dict[int, list[bytearray]] = {}
+
+    def take(self, size: int) -> bytearray:
+        cls = PAGE
+        while cls < size:
+            cls *= 2
+        free = self._free.get(cls)
+        return free.pop() if free else bytearray(cls)
+
+    def give(self, buffer: bytearray) -> None:
+        free = self._free.setdefault(len(buffer), [])
+        if len(free) < self.keep and len(buffer) <= MAX_REQUEST:
+            free.append(buffer)
+
+
+class FileData:
+    """Reads, writes and truncates the data of regular files."""
+
+    def __init__(self, metadata: Metadata, backing: Backing, set_size: int = DEFAULT_SET_SIZE):
+        self.metadata = metadata
+        self.backing = backing
+        self.set_size = set_size
+        self._buffers = _Buffers()
+        self._zeros = bytes(MAX_REQUEST)
+        self._alloc_locks: dict[int, trio.Lock] = {}
+        self._grow_lock = trio.Lock()
+
+    # -- reads ---------------------------------------------------------------------
+    async def read(self, ino: int, offset: int, size: int) -> memoryview:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        node = self.metadata.inode(ino)
+        end = min(offset + size, node.size)
+        if end <= offset:
+            return memoryview(b"")
+        length = end - offset
+        buffer = self._buffers.take(length) if length <= MAX_REQUEST else bytearray(length)
+        view = memoryview(buffer)[:length]
+        reads = []
+        for f, n, set_id, o in node.extents.pieces(offset, end):
+            part = view[f - offset:f - offset + n]
+            if set_id is None:
+                part[:] = self._zeros[:n] if n <= MAX_REQUEST else bytes(n)
+            else:
+                reads.append((set_id, o, part))
+        try:
+            await self._run_all(self.backing.read_into, reads)
+        except BaseException:
+            self._buffers.give(buffer)
+            raise
+        self._buffers.give(buffer)  # see _Buffers: the reply copies it before any await
+        return view
+
+    # -- writes --------------------------------------------------------------------
+    async def write(self, ino: int, offset: int, data) -> int:
+        """Write ``data`` at ``offset``, mapping holes it covers; return its length."""
+        node = self.metadata.inode(ino)
+        view = memoryview(data).cast("B")
+        end = offset + len(view)
+        if not view:
+            return 0
+        if node.extents.gaps(offset, end):
+            lock = self._alloc_locks.setdefault(ino, trio.Lock())
+            async with lock:
+                await self._write_allocating(ino, offset, view)
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._alloc_locks.pop(ino, None)
+        else:
+            await self._run_all(self.backing.write, self._mapped_writes(node, offset, view))
+        self.metadata.written(ino, end)
+        return len(view)
+
+    def _mapped_writes(self, node, offset, view):
+        return [(set_id, o, view[f - offset:f - offset + n])
+                for f, n, set_id, o in node.extents.pieces(offset, offset + len(view))]
+
+    async def _write_allocating(self, ino: int, offset: int, view: memoryview) -> None:
+        """Write into a range with holes (holding the inode's allocation lock)."""
+        node = self.metadata.inode(ino)
+        end = offset + len(view)
+        writes, maps, reserved = [], [], []
+        try:
+            for f, n, set_id, o in node.extents.pieces(page_down(offset), page_up(end)):
+                if set_id is not None:
+                    lo, hi = max(f, offset), min(f + n, end)
+                    if lo < hi:
+                        writes.append((set_id, o + lo - f, view[lo - offset:hi - offset]))
+                    continue
+                pieces = await self._reserve(node, f, n)
+                reserved.extend(pieces)
+                maps.append((f, pieces))
+                pos = f
+                for set_id, o, length in pieces:
+                    writes.append((set_id, o, self._padded(view, offset, pos, length)))
+                    pos += length
+            await self._run_all(self.backing.write, writes)
+        except BaseException:
+            self.metadata.state.allocator.cancel(reserved)
+            raise
+        if self.metadata.state.inodes.get(ino) is not node:
+            self.metadata.state.allocator.cancel(reserved)  # deleted meanwhile
+            return
+        for f, pieces in maps:
+            self.metadata.map(ino, f, pieces)
+
+    def _padded(self, view: memoryview, offset: int, pos: int, length: int):
+        """The bytes of file range ``[pos, pos+length)``: the write's data, zeros around it."""
+        lo, hi = max(pos, offset), min(pos + length, offset + len(view))
+        if lo == pos and hi == pos + length:
+            return view[lo - offset:hi - offset]
+        out = bytearray(length)
+        if lo < hi:
+            out[lo - pos:hi - pos] = view[lo - offset:hi - offset]
+        return out
+
+    async def _reserve(self, node, file_offset: int, length: int):
+        """Reserve space for a hole, right after the preceding extent if possible."""
+        before = node.extents.before(file_offset)
+        hint = (before[2], before[3] + file_offset - before[0]) if before else None
+        allocator = self.metadata.state.allocator
+        while True:
+            try:
+                return allocator.reserve(length, hint)
+            except OutOfSpace:
+                await self._grow(length)
+
+    async def _grow(self, length: int) -> None:
+        """Add a set (one at a time: concurrent writers wait for the same one)."""
+        async with self._grow_lock:
+            if self.metadata.state.allocator.free_bytes() >= length:
+                return
+            set_id = self.metadata.state.next_set_id
+            size = max(self.set_size, page_up(length))
+            log.info("adding data set %d of %d bytes", set_id, size)
+            await self.backing.create_set(set_id, size)
+            self.metadata.add_set(set_id, size)
+
+    async def capacity(self) -> tuple[int, int]:
+        """(total, free) bytes of file data: the sets' space plus what new sets could add."""
+        more = await self.backing.free_bytes()
+        allocator = self.metadata.state.allocator
+        return allocator.total_bytes() + more, allocator.free_bytes() + more
+
+    # -- truncate ------------------------------------------------------------------
+    async def truncate(self, ino: int, size: int) -> None:
+        """Set the size; zero the rest of the last page so growing later reads zeros."""
+        node = self.metadata.inode(ino)
+        if node.extents is not None and size < node.size and size % PAGE:
+            tail = min(page_up(size), node.size) - size
+            writes = [(set_id, o, self._zeros[:n])
+                      for _, n, set_id, o in node.extents.pieces(size, size + tail)
+                      if set_id is not None]
+            await self._run_all(self.backing.write, writes)
+        self.metadata.setattr(ino, size=size)
+
+    # -- helpers -------------------------------------------------------------------
+    @staticmethod
+    async def _run_all(call, jobs) -> None:
+        """Run ``call(*job)`` for every job, concurrently when there are several."""
+        if len(jobs) == 1:
+            await call(*jobs[0])
+        elif jobs:
+            async with trio.open_nursery() as nursery:
+                for job in jobs:
+                    nursery.start_soon(call, *job)

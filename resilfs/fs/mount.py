@@ -1,0 +1,146 @@
+"""Wiring: a cluster and a mount point become a running filesystem (S3QL's mount.py).
+
+``mount`` builds the layers bottom-up in an exit stack (pool -> journal store -> journal ->
+metadata -> sets -> file data -> operations), starts the background workers (journal
+commits and compaction, set rebuild) in a nursery, mounts, raises the bdi's read-ahead,
+and serves until the filesystem is unmounted (``fusermount3 -u``) or SIGTERM/SIGINT
+arrives. Then it stops the workers, commits, writes a checkpoint and closes the sets, so
+a clean unmount leaves everything on the appliances and a quick next mount.
+
+Failure: errors while building raise before anything is mounted; if serving ends with an
+exception, the mount point is still unmounted and the exit stack closes what was opened
+(the queued journal records are then lost, as in a crash).
+"""
+import logging
+import os
+import signal
+from contextlib import AsyncExitStack
+
+import pyfuse3
+import trio
+
+from ..sets import RebuildWorker
+from .backing import SetBacking
+from .cluster import Cluster
+from .data import FileData
+from .errors import FsError
+from .journal import Journal, JournalStore, JournalWorker
+from .journal_appliance import ApplianceJournalStore
+from .journal_dir import DirJournalStore
+from .kernel import fuse_options, raise_read_ahead
+from .metadata import Metadata
+from .operations import Operations
+
+log = logging.getLogger(__name__)
+
+
+class NotFormatted(FsError):
+    """The cluster holds no filesystem of that name (run mkfs first)."""
+
+
+class AlreadyFormatted(FsError):
+    """mkfs found a filesystem already there (and was not told --force)."""
+
+
+def open_store(cluster: Cluster, pool, journal_dir: str | None) -> JournalStore:
+    """The journal store: on the appliances, or in ``journal_dir`` (developer option)."""
+    if journal_dir is not None:
+        return DirJournalStore(journal_dir)
+    return ApplianceJournalStore(pool, cluster.name)
+
+
+async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
+               journal_dir: str | None = None, force: bool = False) -> None:
+    """Write a new, empty filesystem: format record, root directory, first checkpoint.
+
+    Refuses (AlreadyFormatted) when the store already holds one, unless ``force``: then
+    the old metadata is replaced (its data sets are not freed).
+    """
+    async with AsyncExitStack() as stack:
+        pool = await cluster.pool()
+        stack.push_async_callback(pool.aclose)
+        store = open_store(cluster, pool, journal_dir)
+        stack.push_async_callback(store.aclose)
+        journal = await Journal.load(store)
+        if journal.state.format is not None and not force:
+            raise AlreadyFormatted(f"a filesystem named {cluster.name!r} exists already "
+                                   f"(use --force to replace it)")
+        fresh = Journal(store, type(journal.state)())
+        Metadata.format(fresh, os.getuid(), os.getgid(), scheme=scheme,
+                        chunk_size=chunk_size, set_size=set_size)
+        await fresh.commit()
+        if not await fresh.checkpoint():
+            raise FsError("could not write the first checkpoint")
+        log.info("formatted %s: %s, chunk %d, sets of %d bytes", cluster.name, scheme,
+                 chunk_size, set_size)
+
+
+async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = None,
+                write_mode: str = "parallel", fuse_extra=(), commit_interval: float = 1.0,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Mount and serve until unmounted; see the module docstring."""
+    mountpoint = os.path.abspath(mountpoint)
+    async with AsyncExitStack() as stack:
+        pool = await cluster.pool()
+        stack.push_async_callback(pool.aclose)
+        store = open_store(cluster, pool, journal_dir)
+        stack.push_async_callback(store.aclose)
+        journal = await Journal.load(store)
+        fmt = journal.state.format
+        if fmt is None:
+            raise NotFormatted(f"no filesystem named {cluster.name!r} on these appliances "
+                               f"(run resilfs mkfs first)")
+        metadata = Metadata(journal)
+        orphans = metadata.remove_orphans()
+        if orphans:
+            log.info("deleted %d files left open by a crash", orphans)
+        rebuild = RebuildWorker()
+        backing = SetBacking(pool, cluster.name, fmt.scheme, write_mode=write_mode,
+                             chunk_size=fmt.chunk_size, rebuild=rebuild)
+        stack.push_async_callback(backing.aclose)
+        data = FileData(metadata, backing, fmt.set_size)
+        operations = Operations(metadata, data, journal)
+        worker = JournalWorker(journal, commit_interval)
+
+        pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",
+                                                          fuse_extra))
+        signals = _SignalWatcher()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.run)
+                await nursery.start(rebuild.run)
+                nursery.start_soon(signals.run)
+                await trio.to_thread.run_sync(raise_read_ahead, mountpoint)
+                task_status.started()
+                log.info("mounted %s on %s (%s)", cluster.name, mountpoint, fmt.scheme)
+                await pyfuse3.main()
+                signals.stop()
+                worker.stop()  # its last commit runs before the nursery exits
+                rebuild.stop()
+        finally:
+            # main() returns without our help only when the kernel unmounted already
+            pyfuse3.close(unmount=signals.received or not signals.stopped)
+        await journal.commit()
+        await journal.checkpoint()
+        log.info("unmounted %s from %s", cluster.name, mountpoint)
+
+
+class _SignalWatcher:
+    """SIGTERM or SIGINT end the FUSE loop, which leads to a clean unmount."""
+
+    def __init__(self):
+        self.received = False
+        self.stopped = False
+        self._scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        with self._scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+            async for signum in sigs:
+                log.info("signal %d: unmounting", signum)
+                self.received = True
+                pyfuse3.terminate()
+                return
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._scope.cancel()

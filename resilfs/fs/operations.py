@@ -1,0 +1,314 @@
+"""The FUSE request handlers: the only module that turns errors into ``pyfuse3.FUSEError``.
+
+``Operations`` receives its collaborators (metadata, file data, journal) in the
+constructor and keeps only per-mount bookkeeping of its own: file handles. Every handler
+runs through ``_handler``: an FsError becomes its errno; any other exception is logged
+with its traceback and answered EIO, so that a bug fails one request, not the mount.
+
+Kernel caches. The kernel checks permissions (``default_permissions``), keeps pages across
+opens (``keep_cache``) and runs a writeback cache; it is the only client of this namespace,
+so attributes may be cached long. On a size change by SETATTR or by an O_TRUNC open, the
+kernel truncates its own page cache (and mappings) before the reply. ``invalidate`` is for
+changes the kernel did not make itself (snapshot restore, to come); it runs in a thread
+because it blocks while the kernel writes back dirty pages of that inode.
+
+Failsafe: when a write finds data unavailable beyond the set's tolerance, that request
+gets EIO and the filesystem turns read-only (EROFS for every later change); reads of
+other files keep working.
+"""
+import errno
+import functools
+import logging
+import os
+import stat
+
+import pyfuse3
+import trio
+
+from .data import FileData
+from .errors import DataUnavailable, FsError
+from .journal import Journal
+from .metadata import Metadata
+from .state import Inode
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT = 60.0
+BLOCK = 4096
+#: names reserved for commands (snapshots, to come); unknown ones are EINVAL
+CONTROL_PREFIX = b"user.resilfs."
+
+
+def _handler(method):
+    """Turn FsError into FUSEError(errno), anything unexpected into a logged EIO."""
+    @functools.wraps(method)
+    async def wrapper(self, *args):
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            if isinstance(exc, DataUnavailable) and not self.read_only:
+                log.error("data lost beyond tolerance (%s): the filesystem is now read-only",
+                          exc)
+                self.read_only = True
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("%s%r failed", method.__name__, args)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    enable_writeback_cache = True
+    supports_dot_lookup = True
+
+    def __init__(self, metadata: Metadata, data: FileData, journal: Journal, *,
+                 read_only: bool = False):
+        super().__init__()
+        self.metadata = metadata
+        self.data = data
+        self.journal = journal
+        self.read_only = read_only
+        self._handles: dict[int, int] = {}  # file handle -> inode
+        self._next_fh = 1
+
+    # -- helpers ---------------------------------------------------------------------
+    def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = node.mode
+        a.st_nlink = node.nlink
+        a.st_uid, a.st_gid, a.st_rdev = node.uid, node.gid, node.rdev
+        a.st_size = node.size
+        a.st_blksize = BLOCK
+        a.st_blocks = (node.extents.mapped_bytes // 512) if node.extents is not None else 0
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = node.atime, node.mtime, node.ctime
+        return a
+
+    def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that gives the kernel a new reference (lookup count + 1)."""
+        self.metadata.remember(node.ino)
+        return self._attrs(node)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _open_handle(self, ino: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = ino
+        self.metadata.opened(ino)
+        return fh
+
+    async def invalidate(self, ino: int, attr_only: bool = False) -> None:
+        """Drop the kernel's cached attributes (and pages) of ``ino`` after an outside change."""
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
+        except OSError as exc:
+            log.warning("could not invalidate inode %d: %s", ino, exc)
+
+    # -- names -----------------------------------------------------------------------
+    @_handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(self.metadata.child(parent_inode, name))
+
+    async def forget(self, inode_list):
+        try:
+            for ino, count in inode_list:
+                self.metadata.forget(ino, count)
+        except Exception:
+            log.exception("forget failed")  # forget has no reply: never raise
+
+    @_handler
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(self.metadata.inode(inode))
+
+    @_handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        self._writable()
+        if fields.update_size:
+            await self.data.truncate(inode, attr.st_size)
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            changes["ctime"] = attr.st_ctime_ns
+        if changes or not fields.update_size:
+            self.metadata.setattr(inode, **changes)
+        return self._attrs(self.metadata.inode(inode))
+
+    @_handler
+    async def readlink(self, inode, ctx):
+        node = self.metadata.inode(inode)
+        if node.target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    @_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._writable()
+        return self._entry(self.metadata.create(parent_inode, name, mode, ctx.uid, ctx.gid,
+                                                rdev=rdev))
+
+    @_handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable()
+        return self._entry(self.metadata.create(parent_inode, name,
+                                                stat.S_IFDIR | (mode & 0o7777), ctx.uid,
+                                                ctx.gid))
+
+    @_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._writable()
+        return self._entry(self.metadata.create(parent_inode, name, stat.S_IFLNK | 0o777,
+                                                ctx.uid, ctx.gid, target=target))
+
+    @_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable()
+        return self._entry(self.metadata.link(inode, new_parent_inode, new_name))
+
+    @_handler
+    async def unlink(self, parent_inode, name, ctx):
+        self._writable()
+        self.metadata.unlink(parent_inode, name)
+
+    @_handler
+    async def rmdir(self, parent_inode, name, ctx):
+        self._writable()
+        self.metadata.rmdir(parent_inode, name)
+
+    @_handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._writable()
+        self.metadata.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # -- files -----------------------------------------------------------------------
+    @_handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._writable()
+        node = self.metadata.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
+                                    ctx.uid, ctx.gid)
+        fh = self._open_handle(node.ino)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(node)
+
+    @_handler
+    async def open(self, inode, flags, ctx):
+        node = self.metadata.inode(inode)
+        if node.dir is not None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self._writable()
+        if flags & os.O_TRUNC and node.size:
+            await self.data.truncate(inode, 0)  # the kernel drops its pages itself
+        return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=True)
+
+    @_handler
+    async def read(self, fh, off, size):
+        return await self.data.read(self._handles[fh], off, size)
+
+    @_handler
+    async def write(self, fh, off, buf):
+        self._writable()
+        return await self.data.write(self._handles[fh], off, buf)
+
+    @_handler
+    async def flush(self, fh):
+        pass  # data is on the sets once write() returned; durability is fsync's job
+
+    @_handler
+    async def release(self, fh):
+        self.metadata.released(self._handles.pop(fh))
+
+    @_handler
+    async def fsync(self, fh, datasync):
+        await self.journal.commit()  # file data is durable on the sets already
+
+    # -- directories -----------------------------------------------------------------
+    @_handler
+    async def opendir(self, inode, ctx):
+        if self.metadata.inode(inode).dir is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_handler
+    async def readdir(self, fh, start_id, token):
+        node = self.metadata.inode(fh)
+        inodes = self.metadata.state.inodes
+        for cookie, name, ino in node.dir.listing(start_id):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(inodes[ino]), cookie):
+                break
+            self.metadata.remember(ino)
+
+    @_handler
+    async def releasedir(self, fh):
+        pass
+
+    @_handler
+    async def fsyncdir(self, fh, datasync):
+        await self.journal.commit()
+
+    # -- the filesystem ----------------------------------------------------------------
+    @_handler
+    async def statfs(self, ctx):
+        total, free = await self.data.capacity()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = BLOCK
+        s.f_blocks = total // BLOCK
+        s.f_bfree = s.f_bavail = free // BLOCK
+        inodes = len(self.metadata.state.inodes)
+        s.f_files = inodes + free // BLOCK
+        s.f_ffree = s.f_favail = free // BLOCK
+        s.f_namemax = 255
+        return s
+
+    @_handler
+    async def access(self, inode, mode, ctx):
+        """Only called without default_permissions: checks the mode bits like the kernel."""
+        node = self.metadata.inode(inode)
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or bool(node.mode & 0o111) or node.dir is not None
+        if ctx.uid == node.uid:
+            bits = (node.mode >> 6) & 7
+        elif ctx.gid == node.gid or node.gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = (node.mode >> 3) & 7
+        else:
+            bits = node.mode & 7
+        return (mode & bits) == mode
+
+    # -- extended attributes ---------------------------------------------------------
+    @_handler
+    async def getxattr(self, inode, name, ctx):
+        if name.startswith(CONTROL_PREFIX):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self.metadata.getxattr(inode, name)
+
+    @_handler
+    async def setxattr(self, inode, name, value, ctx):
+        if name.startswith(CONTROL_PREFIX):
+            raise pyfuse3.FUSEError(errno.EINVAL)  # no control commands yet (snapshots)
+        self._writable()
+        self.metadata.setxattr(inode, name, value)
+
+    @_handler
+    async def listxattr(self, inode, ctx):
+        return self.metadata.listxattr(inode)
+
+    @_handler
+    async def removexattr(self, inode, name, ctx):
+        if name.startswith(CONTROL_PREFIX):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self._writable()
+        self.metadata.removexattr(inode, name)
