@@ -14,6 +14,10 @@ from .buffers import as_bytes, as_chunks, flat, same_length
 class MdsCodec(Codec):
     """A Codec whose stripes are determined by any K of their K+M chunks."""
 
+    def __init__(self, scheme, chunk_size: int):
+        super().__init__(scheme, chunk_size)
+        self._width = scheme.width
+
     # -- the math, supplied by each backend; inputs are already checked views ----------
 
     @abstractmethod
@@ -59,19 +63,25 @@ class MdsCodec(Codec):
 
     def decode(self, available: Mapping[int, object], wanted: Sequence[int],
                out: Mapping[int, object] | None = None) -> dict[int, memoryview]:
+        # Buffers are viewed (and their sizes checked) only where they are read or returned.
         if not isinstance(available, Mapping):
             raise CodecError("available must map chunk numbers to buffers")
-        views = {self._check_chunk(i): as_bytes(buf, f"chunk {i}", self.chunk_size)
-                 for i, buf in available.items()}
-        wanted = [self._check_chunk(i) for i in wanted]
-        result = {i: views[i] for i in wanted if i in views}
-        missing = tuple(sorted({i for i in wanted if i not in views}))
+        for i in available:
+            self._check_chunk(i)
+        result, missing = {}, set()
+        for i in wanted:
+            if i in available:
+                result[i] = self._view(available, i)
+            else:
+                missing.add(self._check_chunk(i))
         if not missing:
             return result
-        chosen = self._choose(views.keys(), missing)
+        missing = tuple(sorted(missing))
+        chosen = self._choose(available, missing)
+        sources = [result[i] if i in result else self._view(available, i) for i in chosen]
         outs = [self._out_buffer(out, i) for i in missing]
-        rebuilt = self._reconstruct(chosen, missing, [views[i] for i in chosen], outs)
-        result.update(zip(missing, rebuilt, strict=True))
+        result.update(zip(missing, self._reconstruct(chosen, missing, sources, outs),
+                          strict=True))
         return result
 
     def minimum_to_decode(self, wanted: set[int], available: set[int]) -> set[int]:
@@ -98,18 +108,24 @@ class MdsCodec(Codec):
     # -- helpers ------------------------------------------------------------------------
 
     def _check_chunk(self, index) -> int:
-        if not (isinstance(index, int) and 0 <= index < self.total_chunks):
-            raise CodecError(f"{index!r} is not a chunk number (0..{self.total_chunks - 1})")
+        if not (isinstance(index, int) and 0 <= index < self._width):
+            raise CodecError(f"{index!r} is not a chunk number (0..{self._width - 1})")
         return index
 
+    def _view(self, available: Mapping, index: int) -> memoryview:
+        return as_bytes(available[index], f"chunk {index}", self.chunk_size)
+
     def _choose(self, available: Iterable[int], missing: Iterable[int]) -> tuple[int, ...]:
-        """K available chunks to decode from, data chunks first; NotEnoughChunks if < K."""
-        ordered = sorted(available, key=lambda i: (i >= self.data_chunks, i))
+        """K available chunks to decode from, data chunks (the lower numbers) first.
+
+        Raises NotEnoughChunks when fewer than K are available.
+        """
+        ordered = sorted(available)
         if len(ordered) < self.data_chunks:
             raise NotEnoughChunks(
                 f"{self.scheme}: chunks {sorted(missing)} need {self.data_chunks} of "
-                f"{self.total_chunks} chunks, only {sorted(ordered)} available")
-        return tuple(sorted(ordered[:self.data_chunks]))
+                f"{self._width} chunks, only {ordered} available")
+        return tuple(ordered[:self.data_chunks])
 
     def _out_buffer(self, out: Mapping[int, object] | None, index: int) -> memoryview | None:
         if out is None or index not in out:
