@@ -9,7 +9,7 @@ a write to the stripe being rebuilt waits for it.
 
 Throttle, like md's speed_limit_min/max: while the set saw foreground I/O in the last
 ``busy_window`` seconds the worker goes no faster than ``rate_floor`` bytes/s, otherwise
-up to ``rate_ceiling`` (None: unlimited).
+up to ``rate_ceiling`` (either None: unlimited).
 
 Failures: a member or appliance failing during a step is marked failed by the set; the
 worker logs it and tries again on a later pass. ``stop()`` cancels it between or inside
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class RebuildWorker:
-    def __init__(self, *, rate_floor: float = 64 << 20, rate_ceiling: float | None = None,
+    def __init__(self, *, rate_floor: float | None = 64 << 20, rate_ceiling: float | None = None,
                  replace_after: float = 5.0, poll_interval: float = 0.25,
                  busy_window: float = 0.1, run_bytes: int = 4 << 20,
                  save_interval: float = 1.0):

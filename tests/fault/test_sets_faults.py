@@ -142,7 +142,7 @@ async def test_kill_during_writes(cluster, apps, request, scheme, mode):
 
 
 async def test_ec_survives_two_kills_third_is_a_clear_error(cluster, apps, request):
-    pool = await make_pool(cluster, "shm")
+    pool = await make_pool(cluster)
     s = await ResiliencySet.create(pool, "ec:4+2", None, SIZE, "fault", set_id(request),
                                    chunk_size=CHUNK)
     shadow = Shadow(SIZE)
@@ -209,7 +209,8 @@ async def test_restarted_appliance_resyncs_only_missed_stripes(cluster, apps, re
     data = os.urandom(SIZE)
     await s.write(0, data)
     shadow.apply(0, data)
-    address = s.members[1].appliance
+    victim = s.width - 1  # a coding member: every write changes it
+    address = s.members[victim].appliance
     await kill(cluster, address)
     missed = set()
     for offset in (0, 5 * s.stripe_size + 7, SIZE - 3000):
@@ -217,11 +218,11 @@ async def test_restarted_appliance_resyncs_only_missed_stripes(cluster, apps, re
         await s.write(offset, piece)
         shadow.apply(offset, piece)
         missed.update(range(offset // s.stripe_size, (offset + 1999) // s.stripe_size + 1))
-    assert s.members[1].dirty == missed
+    assert s.members[victim].dirty == missed
     app = next(a for a in cluster.appliances if a.address == address)
     await trio.to_thread.run_sync(cluster.restart, app)
     await rebuild_until_healthy(s, replace_after=60)
-    assert s.members[1].appliance == address  # same region, not a replacement
+    assert s.members[victim].appliance == address  # same region, not a replacement
     assert s.rebuilt_bytes == len(missed) * CHUNK
     await shadow.check(s)
     assert (await s.scrub()).mismatched == []

@@ -1,0 +1,162 @@
+"""Resiliency-set throughput beside the raw transport to one appliance, same invocation.
+
+For tcp and shm: raw 1 MiB sequential write/read to one region; then for each scheme and
+write mode, 1 MiB sequential writes and reads of a set; degraded read (one member's
+appliance killed) against the healthy read; rebuild rate (bytes written to the
+replacement per second) against the raw write. Prints a table and, last, one JSON line
+with every figure and ratio. Usage: bench_sets.py [--size MiB] [--quick]
+"""
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+
+import trio
+
+from resilfs.appliance.launcher import ApplianceLauncher
+from resilfs.codec import make_codec
+from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet
+from resilfs.transport import connect
+
+MiB = 1 << 20
+BLOCK = MiB
+SCHEMES = [("mirror:2", MiB), ("mirror:3", MiB), ("parity:4+1", 256 << 10),
+           ("ec:4+2", 256 << 10)]
+BARS = {  # figure -> (numerator, denominator, minimum ratio); shm only
+    "mirror:2 parallel write": ("shm mirror:2 parallel write", "shm raw write", 0.45),
+    "ec:4+2 write": ("shm ec:4+2 parallel write", "shm raw write", 0.6),
+    "degraded read": ("shm ec:4+2 degraded read", "shm ec:4+2 parallel read", 0.5),
+    "rebuild": ("shm ec:4+2 rebuild", "shm raw write", 0.5),
+}
+
+
+async def timed(total: int, step) -> float:
+    """Bytes per second of ``step(offset)`` over ``total`` bytes in BLOCK pieces (best of 3)."""
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for offset in range(0, total, BLOCK):
+            await step(offset)
+        best = max(best, total / (time.perf_counter() - start))
+    return best
+
+
+async def raw(connect_one, address: str, size: int) -> tuple[float, float]:
+    client = await connect_one(address)
+    region = await client.alloc(size, "bench")
+    data = os.urandom(BLOCK)
+    buf = bytearray(BLOCK)
+    write = await timed(size, lambda o: client.write(region, o, data))
+    read = await timed(size, lambda o: client.read_into(region, o, buf))
+    await client.free(region)
+    await client.aclose()
+    return write, read
+
+
+async def set_figures(pool, scheme, chunk, mode, size, label, results) -> None:
+    s = await ResiliencySet.create(pool, scheme, make_codec(scheme, chunk), size, "bench",
+                                   f"{label}-{scheme}-{mode}", write_mode=mode)
+    data = os.urandom(BLOCK)
+    buf = bytearray(BLOCK)
+    results[f"{label} {scheme} {mode} write"] = await timed(size, lambda o: s.write(o, data))
+    results[f"{label} {scheme} {mode} read"] = await timed(size, lambda o: s.read_into(o, buf))
+    await s.destroy()
+
+
+async def degraded_and_rebuild(launcher, pool, scheme, chunk, size, label, results) -> None:
+    s = await ResiliencySet.create(pool, scheme, make_codec(scheme, chunk), size, "bench",
+                                   f"{label}-{scheme}-degraded")
+    data = os.urandom(BLOCK)
+    buf = bytearray(BLOCK)
+    for offset in range(0, size, BLOCK):
+        await s.write(offset, data)
+    victim = next(a for a in launcher.appliances if a.address == s.members[0].appliance)
+    launcher.kill(victim)
+    await s.read_into(0, buf)  # notices the failure
+    results[f"{label} {scheme} degraded read"] = await timed(
+        size, lambda o: s.read_into(o, buf))
+    worker = RebuildWorker(replace_after=0, rate_floor=None, rate_ceiling=None)
+    worker.watch(s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        while not s.status().rebuilding:
+            await trio.sleep(0.001)
+        start, before = time.perf_counter(), s.rebuilt_bytes
+        while s.status().state != "healthy":
+            await trio.sleep(0.001)
+        results[f"{label} {scheme} rebuild"] = (s.rebuilt_bytes - before) / (
+            time.perf_counter() - start)
+        worker.stop()
+    await s.destroy()
+    launcher.restart(victim)
+
+
+async def thread_hop(results) -> None:
+    """What moving an encode to a worker thread costs, against the encode itself."""
+    codec = make_codec("ec:4+2", 16 << 10)
+    chunks = [os.urandom(16 << 10) for _ in range(4)]
+    n = 200
+    start = time.perf_counter()
+    for _ in range(n):
+        codec.encode(chunks)
+    results["encode ec:4+2 64KiB stripe us"] = (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    for _ in range(n):
+        await trio.to_thread.run_sync(codec.encode, chunks)
+    results["encode in thread 64KiB stripe us"] = (time.perf_counter() - start) / n * 1e6
+
+
+async def main(launcher, size: int, quick: bool) -> dict:
+    results: dict[str, float] = {}
+    addresses = [a.address for a in launcher.appliances]
+    for label in ("tcp", "shm"):
+        connect_one = functools.partial(connect, transport=label, secret=launcher.secret)
+        results[f"{label} raw write"], results[f"{label} raw read"] = await raw(
+            connect_one, addresses[0], size)
+        pool = await AppliancePool.create(addresses, connect_one)
+        for scheme, chunk in SCHEMES:
+            for mode in ("parallel",) if quick else ("parallel", "sequential"):
+                await set_figures(pool, scheme, chunk, mode, size, label, results)
+        for scheme, chunk in (("mirror:2", MiB), ("ec:4+2", 256 << 10)):
+            await degraded_and_rebuild(launcher, pool, scheme, chunk, size, label, results)
+        await pool.aclose()
+    await thread_hop(results)
+    return results
+
+
+def report(results: dict) -> dict:
+    print(f"{'figure':45} {'MB/s':>9}  ratio to raw (same transport)")
+    for name, value in results.items():
+        if name.endswith(" us"):
+            print(f"{name:45} {value:9.1f} us")
+            continue
+        label = name.split()[0]
+        raw_name = f"{label} raw {'read' if 'read' in name else 'write'}"
+        ratio = value / results[raw_name] if raw_name in results else None
+        print(f"{name:45} {value / 1e6:9.0f}  {'' if ratio is None else f'{ratio:.2f}x'}")
+    ratios = {}
+    print("\nbars (shm):")
+    for bar, (num, den, minimum) in BARS.items():
+        ratio = results[num] / results[den]
+        ratios[bar] = {"ratio": round(ratio, 3), "bar": minimum, "pass": ratio >= minimum}
+        verdict = "PASS" if ratio >= minimum else "FAIL"
+        print(f"  {bar:25} {ratio:5.2f}x  (bar {minimum}x)  {verdict}")
+    return ratios
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="MiB written per figure")
+    parser.add_argument("--quick", action="store_true", help="parallel mode only")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-sets-") as workdir, \
+            ApplianceLauncher(workdir) as launcher:
+        launcher.start(7, capacity="1G")
+        results = trio.run(main, launcher, args.size * MiB, args.quick)
+    ratios = report(results)
+    print(json.dumps({"figures_bytes_per_s": {k: round(v) for k, v in results.items()},
+                      "bars": ratios}))
+    sys.exit(0)
