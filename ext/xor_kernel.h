@@ -6,7 +6,8 @@
  * One pass over memory: each 256-byte block is loaded from every source, combined in
  * registers and stored once, instead of n-1 passes of a two-operand XOR. GCC vector
  * extensions let -march=native pick AVX-512, AVX2 or SSE2 without intrinsics. Buffers may
- * be unaligned and may alias out (out may also be one of the sources).
+ * be unaligned and may alias out (out may also be one of the sources). The tail after the
+ * last whole block goes 8 bytes, then 1 byte at a time.
  */
 #ifndef RESILFS_XOR_KERNEL_H
 #define RESILFS_XOR_KERNEL_H
@@ -41,6 +42,21 @@ static inline void resilfs_xor_into(unsigned char *out, unsigned char *const *sr
         }
         resilfs_v64 *d = (resilfs_v64 *)(out + pos);
         d[0] = a0; d[1] = a1; d[2] = a2; d[3] = a3;
+    }
+    for (; pos + 8 <= len; pos += 8) {
+        uint64_t w, x;
+        if (accumulate) {
+            memcpy(&w, out + pos, 8);
+            j = 0;
+        } else {
+            memcpy(&w, src[0] + pos, 8);
+            j = 1;
+        }
+        for (; j < n; j++) {
+            memcpy(&x, src[j] + pos, 8);
+            w ^= x;
+        }
+        memcpy(out + pos, &w, 8);
     }
     for (; pos < len; pos++) {
         unsigned char b = accumulate ? out[pos] : 0;

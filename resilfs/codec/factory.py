@@ -23,7 +23,12 @@ def available_backends(kind: str | None = None) -> list[str]:
 
 
 def default_backend(kind: str) -> str:
-    """The backend a new filesystem of this scheme kind uses here (isal for ec if present)."""
+    """The backend a new filesystem of this scheme kind uses here (isal for ec if present).
+
+    Raises CodecError for an unknown kind.
+    """
+    if kind not in BACKENDS:
+        raise CodecError(f"unknown scheme kind {kind!r} (use {', '.join(BACKENDS)})")
     return available_backends(kind)[0]
 
 

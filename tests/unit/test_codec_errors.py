@@ -6,6 +6,7 @@ from resilfs.codec import (
     CodecError,
     NotEnoughChunks,
     available_backends,
+    default_backend,
     make_codec,
     rs_isal,
 )
@@ -40,6 +41,16 @@ def test_backends_are_part_of_the_format():
         make_codec("mirror:3", 64, "zfec")
     with pytest.raises(CodecError, match="does not implement ec"):
         make_codec("ec:4+2", 64, "xor")
+
+
+def test_backend_choice():
+    assert available_backends("mirror") == ["mirror"]
+    assert available_backends("parity") == ["xor"]
+    assert available_backends("ec")[-1] == "zfec"
+    assert default_backend("ec") == available_backends("ec")[0]
+    assert make_codec("ec:4+2", 64).backend == default_backend("ec")
+    with pytest.raises(CodecError, match="unknown scheme kind"):
+        default_backend("raid")
 
 
 def test_missing_isal_is_reported_not_replaced(monkeypatch):
