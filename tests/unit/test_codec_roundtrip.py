@@ -143,3 +143,14 @@ def test_encode_into_buffers_takes_the_kernel_path(backend, monkeypatch):
     monkeypatch.setattr(mds, "as_chunks", None)
     out = [bytearray(4096) for _ in range(codec.coding_chunks)]
     assert [bytes(c) for c in codec.encode(chunks[:4], out=out)] == chunks[4:]
+
+
+@pytest.mark.parametrize("backend", EC_BACKENDS)
+@pytest.mark.parametrize("scheme", ["ec:200+55", "ec:1+254", "ec:254+1"])
+def test_widest_sets_decode(backend, scheme):
+    codec = make_codec(scheme, 100, backend)
+    chunks = stripe(codec, 1)
+    lost = random.Random(2).sample(range(codec.total_chunks), codec.coding_chunks)
+    available = {i: chunks[i] for i in range(codec.total_chunks) if i not in lost}
+    decoded = codec.decode(available, lost)
+    assert all(bytes(decoded[i]) == chunks[i] for i in lost)
