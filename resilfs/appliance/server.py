@@ -44,7 +44,7 @@ from ..protocol import (
     unpack_extents,
     unpack_ranges,
 )
-from ..protocol_io import ConnectionClosed, FrameReader, send_buffers
+from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
 from ..transport.base import ApplianceError, AuthenticationFailed, ProtocolViolation
 from .store import STATUS_SLOTS, check_range
 
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 AUTH_TIMEOUT = 10.0  # seconds a new connection has to authenticate
 MAX_CONNECTIONS = 256
+FRAMES_PER_CHECKPOINT = 16  # frames served without blocking before yielding to others
 
 
 class Appliance:
@@ -103,7 +104,7 @@ class Appliance:
                 continue
             if not local:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(Connection(self, sock, peer, local).run)
+            nursery.start_soon(Connection(self, nonblocking(sock), peer, local).run)
 
 
 class Connection:
@@ -137,11 +138,12 @@ class Connection:
         started = time.monotonic()
         reason = "closed by client"
         try:
-            with self.sock:
-                await self._handshake()
-                self.authenticated = True
-                while True:
+            await self._handshake()
+            self.authenticated = True
+            while True:
+                for _ in range(FRAMES_PER_CHECKPOINT):
                     await self._serve_one()
+                await trio.lowlevel.checkpoint()  # let other connections run
         except ConnectionClosed:
             pass
         except ApplianceError as e:
@@ -149,6 +151,7 @@ class Connection:
         except OSError as e:
             reason = f"dropped: {e.strerror or e}"
         finally:
+            close_socket(self.sock)
             self.a._connections -= 1
             self.a.metrics.clients.dec()
             log.info("connection %s (%s) %s after %.1f s and %d ops", self.peer,

@@ -16,9 +16,10 @@ refused with NoSuchRegion from then on. A write that races with another client's
 concurrent free may land in the freed memory, which nobody can read any more (each region
 has its own memfd, never reused); a read that races with it raises NoSuchRegion.
 
-Liveness: data operations fail with ApplianceUnavailable once the control socket died (the
-appliance exited); the mapping itself would outlive the appliance, so a copy that started
-just before its death still completes into memory nobody will read.
+Liveness: every data operation first checks, without blocking, that the control socket is
+still open, and fails with ApplianceUnavailable once it closed (the appliance exited). The
+mapping itself outlives the appliance, so a copy that started just before its death still
+completes, into memory that nobody will read.
 """
 import mmap
 import os
@@ -79,6 +80,7 @@ class ShmClient(StreamClient):
 
     async def _mapping(self, region: RegionHandle) -> _Mapping:
         """The mapping of a live region (mapping it first if needed); NoSuchRegion if freed."""
+        self._poll_closed()
         if self._dead is not None:
             raise self._unavailable()
         ref = (region.region_id, region.key)

@@ -1,16 +1,19 @@
 """A pipelined protocol client over one connected socket: the tcp transport, and the control
 channel of the shm transport.
 
-Requests carry ids; any number are in flight at once, and one background reader matches
-replies to requests and receives read data straight into the callers' buffers. A watchdog
-fails the connection when requests are pending and the appliance sent nothing for
-``timeout`` seconds; from then on (and after EOF, a socket error or a framing error) every
-call raises ``ApplianceUnavailable`` at once.
+Requests carry ids; any number are in flight at once. There is no background task: whoever
+waits for a reply reads the socket ("the waiter reads"), receiving read data straight into
+the callers' buffers and handing every other reply to its waiter, until its own reply is in;
+then the next waiter takes over. A lone request thus costs one send and one receive with no
+task switch. The reading waiter fails the connection when requests are pending and the
+appliance sent nothing for ``timeout`` seconds; from then on (and after EOF, a socket error
+or a framing error) every call raises ``ApplianceUnavailable`` at once.
 
-Cancelling a call abandons it: its reply is discarded when it comes. A read cancelled while
-its reply is already arriving may still write into the caller's buffer until that reply
-ends. A call cancelled in the middle of sending its request breaks the framing, so the
-connection is closed (later calls raise ``ApplianceUnavailable``).
+Cancelling a call abandons it: its reply is discarded when it comes. A cancelled call that
+was receiving a frame finishes receiving that frame first (shielded, still bounded by the
+timeout), so the framing survives; a read cancelled while its own reply is arriving may
+still have written into the caller's buffer. A call cancelled in the middle of sending its
+request breaks the framing, so the connection is closed.
 """
 import logging
 import math
@@ -43,7 +46,7 @@ from ..protocol import (
     pack_header,
     unpack_extents,
 )
-from ..protocol_io import ConnectionClosed, FrameReader, send_buffers
+from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
 from .base import (
     ApplianceClient,
     ApplianceError,
@@ -62,16 +65,17 @@ FD_OPS = (Op.SHM_TABLE | REPLY, Op.SHM_MAP | REPLY)
 
 
 class _Pending:
-    __slots__ = ("event", "status", "payload", "dest", "dest_len", "start", "fd")
+    __slots__ = ("event", "status", "payload", "dest", "dest_len", "start", "fd", "waiting")
 
     def __init__(self, dest, dest_len, start):
-        self.event = trio.Event()
-        self.status = None  # None when the connection died
+        self.event = trio.Event()  # set when the reply is in, or to hand over the reading
+        self.status = None  # the reply's status; stays None while waiting or if the link died
         self.payload = b""
         self.dest = dest
         self.dest_len = dest_len
         self.start = start
         self.fd = None
+        self.waiting = False  # parked on ``event`` (not sending, not reading)
 
 
 def _byte_view(buffer, writable: bool = False) -> memoryview:
@@ -112,18 +116,18 @@ class StreamClient(ApplianceClient):
         self.timeout = timeout
         self._sock = sock
         self._fds: list[int] | None = [] if unix else None
-        self._reader = FrameReader(sock, fds=self._fds)
+        self._reader = FrameReader(sock, fds=self._fds, timeout=timeout)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
-        self._send_lock = trio.Lock()
+        self._sending = False  # a call is sending a request
+        self._send_queue = trio.lowlevel.ParkingLot()
+        self._reading = False  # a waiter is reading replies
         self._dead: str | None = None
         self._last_progress = 0.0
-        self._wake_watchdog = trio.Event()
-        self._tasks_scope = trio.CancelScope()
 
     # -- connection setup ----------------------------------------------------------
     async def _handshake(self, secret: bytes) -> None:
-        """Authenticate both ways, then start the reader and the watchdog.
+        """Authenticate both ways.
 
         Raises AuthenticationFailed, ProtocolViolation, or ApplianceUnavailable (no answer
         within the timeout, connection lost); the socket is closed on failure.
@@ -150,74 +154,88 @@ class StreamClient(ApplianceClient):
                     raise AuthenticationFailed(
                         f"{self.address} does not hold the cluster secret")
         except trio.TooSlowError:
-            self._sock.close()
+            close_socket(self._sock)
             raise ApplianceUnavailable(
                 f"appliance {self.address} did not answer within {self.timeout} s") from None
         except (ConnectionClosed, OSError) as e:
-            self._sock.close()
+            close_socket(self._sock)
             raise ApplianceUnavailable(f"appliance {self.address}: {e}") from None
         except BaseException:
-            self._sock.close()
+            close_socket(self._sock)
             raise
         self._last_progress = trio.current_time()
-        trio.lowlevel.spawn_system_task(self._run_background, name=f"resilfs {self.address}")
 
-    async def _run_background(self) -> None:
-        with self._tasks_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_replies)
-                nursery.start_soon(self._watchdog)
+    async def _read_replies(self, mine: _Pending) -> None:
+        """Read frames, completing every pending call, until ``mine`` is complete.
 
-    async def _read_replies(self) -> None:
-        reason = "connection closed"
+        Cancellation is honoured only between frames; on timeout or a broken connection the
+        connection is failed (which completes ``mine`` too).
+        """
         try:
-            while True:
-                length, op, status, request_id = await self._reader.read_header()
-                pending = self._pending.pop(request_id, None)
-                if pending is None:  # abandoned by a cancelled caller
-                    await self._reader.skip(length)
-                    if op in FD_OPS and status == Status.OK and self._fds:
-                        os.close(self._fds.pop(0))
-                elif status == Status.OK and pending.dest is not None:
-                    if length != pending.dest_len:
-                        raise ProtocolViolation(f"read reply of {length} bytes, "
-                                                f"expected {pending.dest_len}")
-                    for view in pending.dest:
-                        await self._reader.read_into(view)
-                        self._last_progress = trio.current_time()
-                else:
-                    if length > MAX_CONTROL:
-                        raise ProtocolViolation(f"oversized reply of {length} bytes")
-                    pending.payload = await self._reader.read_bytes(length)
-                    if op in FD_OPS and status == Status.OK:
-                        if not self._fds:
-                            raise ProtocolViolation("reply without its file descriptor")
-                        pending.fd = self._fds.pop(0)
-                if pending is not None:
-                    pending.status = status
-                    pending.event.set()
+            while mine.status is None and self._dead is None:
+                if not self._reader.buffered():
+                    oldest = next(iter(self._pending.values()), mine).start
+                    deadline = max(oldest, self._last_progress) + self.timeout
+                    with trio.move_on_at(deadline) as scope:
+                        await self._reader.wait_data()
+                    if scope.cancelled_caught:
+                        self._fail(f"no answer within {self.timeout} s")
+                        return
+                with trio.CancelScope(shield=True):
+                    await self._read_frame()
                 self._last_progress = trio.current_time()
         except (ConnectionClosed, trio.ClosedResourceError):
-            pass
+            self._fail("connection closed")
+        except trio.TooSlowError:
+            self._fail(f"no answer within {self.timeout} s")
         except (OSError, ApplianceError) as e:
-            reason = f"connection lost: {e}"
-        except Exception as e:  # a bug: fail this connection, not the program
-            log.exception("reader of %s failed", self.address)
-            reason = f"client error: {e!r}"
-        self._fail(reason)
+            self._fail(f"connection lost: {e}")
 
-    async def _watchdog(self) -> None:
-        while True:
-            if not self._pending:
-                self._wake_watchdog = trio.Event()
-                await self._wake_watchdog.wait()
-                continue
-            oldest = next(iter(self._pending.values())).start
-            deadline = max(oldest, self._last_progress) + self.timeout
-            if trio.current_time() >= deadline:
-                self._fail(f"no answer within {self.timeout} s")
+    async def _read_frame(self) -> None:
+        length, op, status, request_id = await self._reader.read_header()
+        pending = self._pending.pop(request_id, None)
+        if pending is None:  # abandoned by a cancelled caller
+            await self._reader.skip(length)
+            if op in FD_OPS and status == Status.OK and self._fds:
+                os.close(self._fds.pop(0))
+            return
+        if status == Status.OK and pending.dest is not None:
+            if length != pending.dest_len:
+                raise ProtocolViolation(f"read reply of {length} bytes, "
+                                        f"expected {pending.dest_len}")
+            for view in pending.dest:
+                await self._reader.read_into(view)
+        else:
+            if length > MAX_CONTROL:
+                raise ProtocolViolation(f"oversized reply of {length} bytes")
+            pending.payload = await self._reader.read_bytes(length)
+            if op in FD_OPS and status == Status.OK:
+                if not self._fds:
+                    raise ProtocolViolation("reply without its file descriptor")
+                pending.fd = self._fds.pop(0)
+        pending.status = status
+        pending.event.set()
+
+    def _hand_over(self) -> None:
+        """Wake one waiting call so that it takes over reading."""
+        for pending in self._pending.values():
+            if pending.waiting:
+                pending.event.set()
                 return
-            await trio.sleep_until(deadline)
+
+    def _poll_closed(self) -> None:
+        """Notice, without blocking, that an idle connection was closed by the appliance."""
+        if self._dead is not None or self._reading or self._reader.buffered():
+            return
+        try:
+            if self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(f"connection lost: {e}")
+            return
+        self._fail("connection closed")
 
     def _fail(self, reason: str) -> None:
         """Mark the connection dead: every pending and later call raises ApplianceUnavailable."""
@@ -225,15 +243,13 @@ class StreamClient(ApplianceClient):
             self._dead = reason
             log.warning("appliance %s unavailable: %s", self.address, reason)
         for pending in self._pending.values():
-            pending.status = None
             pending.event.set()
         self._pending.clear()
-        self._sock.close()
+        close_socket(self._sock)
         for fd in self._fds or ():
             os.close(fd)
         if self._fds:
             self._fds.clear()
-        self._tasks_scope.cancel()
 
     def _unavailable(self) -> ApplianceUnavailable:
         return ApplianceUnavailable(f"appliance {self.address} unavailable: {self._dead}")
@@ -253,27 +269,46 @@ class StreamClient(ApplianceClient):
         request_id = self._next_id
         self._next_id += 1
         pending = _Pending(dest, dest_len, trio.current_time())
-        if not self._pending:
-            self._wake_watchdog.set()
         self._pending[request_id] = pending
         length = sum(len(p) for p in parts)
         try:
-            async with self._send_lock:
+            while self._sending:  # no checkpoint when nobody else is sending
+                await self._send_queue.park()
+            self._sending = True
+            try:
                 if self._dead is not None:
                     raise self._unavailable()
-                try:
-                    await send_buffers(self._sock, [pack_header(length, op, request_id), *parts])
-                except trio.Cancelled:
-                    self._fail("a request was cancelled while being sent")
-                    raise
-                except (OSError, trio.ClosedResourceError) as e:
-                    self._fail(f"connection lost: {e}")
-                    raise self._unavailable() from None
-                self._last_progress = trio.current_time()
-            await pending.event.wait()
-        except BaseException:
+                await send_buffers(self._sock, [pack_header(length, op, request_id), *parts],
+                                   timeout=self.timeout)
+            except trio.Cancelled:
+                self._fail("a request was cancelled while being sent")
+                raise
+            except trio.TooSlowError:
+                self._fail(f"appliance took no data for {self.timeout} s")
+                raise self._unavailable() from None
+            except (OSError, trio.ClosedResourceError) as e:
+                self._fail(f"connection lost: {e}")
+                raise self._unavailable() from None
+            finally:
+                self._sending = False
+                self._send_queue.unpark()
+            while pending.status is None and self._dead is None:
+                if not self._reading:
+                    self._reading = True
+                    try:
+                        await self._read_replies(pending)
+                    finally:
+                        self._reading = False
+                        self._hand_over()
+                else:
+                    pending.event = trio.Event()
+                    pending.waiting = True
+                    try:
+                        await pending.event.wait()
+                    finally:
+                        pending.waiting = False
+        finally:
             self._pending.pop(request_id, None)
-            raise
         if pending.status is None:
             raise self._unavailable()
         if pending.status != Status.OK:
@@ -402,7 +437,7 @@ class StreamClient(ApplianceClient):
 
 
 async def open_socket(family: int, address, timeout: float, what: str):
-    """A connected trio socket, or ApplianceUnavailable within ``timeout`` seconds."""
+    """A connected non-blocking socket, or ApplianceUnavailable within ``timeout`` seconds."""
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
         with trio.fail_after(timeout):
@@ -417,7 +452,7 @@ async def open_socket(family: int, address, timeout: float, what: str):
                                    f"{e.strerror or e}") from None
     if family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return nonblocking(sock)
 
 
 def finite_timeout(timeout: float) -> float:
