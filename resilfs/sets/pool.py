@@ -54,6 +54,10 @@ class AppliancePool:
         """Whether the pool holds a connection to the appliance it has not seen fail."""
         return address in self._clients
 
+    def connected(self, address: str) -> ApplianceClient | None:
+        """The current client of ``address`` without connecting, or None."""
+        return self._clients.get(address)
+
     def up(self) -> list[str]:
         return [a for a in self.addresses if a in self._clients]
 

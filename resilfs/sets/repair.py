@@ -13,6 +13,7 @@ from ..transport.base import NoSuchRegion, TransportError, WrongRegionKey
 from .errors import SetUnavailable
 from .membership import FAILED, OK, REBUILDING, Member
 from .resiliency import ResiliencySet, _Progress
+from .scratch import scratch
 from .stripes import contiguous
 
 log = logging.getLogger(__name__)
@@ -149,17 +150,18 @@ async def rebuild_run(s: ResiliencySet, index: int, stripes: range) -> int:
         chosen = sources[:1] if s.mirror else sorted(
             s.codec.minimum_to_decode({index}, set(sources)))
         n, base = len(run) * cs, run.start * cs
-        bufs = {i: bytearray(n) for i in chosen}
-        if await s.transfer({i: [(s.members[i].handle, base, b)] for i, b in bufs.items()},
-                            write=False):
-            return 0
-        if s.mirror:
-            out = bufs[chosen[0]]
-        else:
-            codec = s.codec_for(n)
-            out = (await s.compute(n * s.k, codec.decode, bufs, [index]))[index]
-        if await s.transfer({index: [(member.handle, base, out)]}, write=True):
-            return 0
+        bufs = {i: scratch.take(n) for i in chosen}
+        out = bufs[chosen[0]] if s.mirror else scratch.take(n)
+        try:
+            if await s.transfer({i: [(s.members[i].handle, base, b)] for i, b in bufs.items()},
+                                write=False):
+                return 0
+            if not s.mirror:
+                await s.compute(n * s.k, s.codec_for(n).decode, bufs, [index], {index: out})
+            if await s.transfer({index: [(member.handle, base, out)]}, write=True):
+                return 0
+        finally:
+            scratch.give(*bufs.values(), *([] if s.mirror else [out]))
         member.dirty.difference_update(run)
         s.rebuilt_bytes += n
         progress = s.progress.get(index)

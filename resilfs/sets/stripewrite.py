@@ -5,7 +5,11 @@ the coding chunks from the change (the parity delta: read old data and old codin
 touched bytes only). A partial stripe with a touched data chunk lost is read, decoded,
 patched and re-encoded whole (read-modify-write). The caller holds the stripes' locks.
 """
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .scratch import scratch
 
 if TYPE_CHECKING:
     from .resiliency import Ranges, ResiliencySet
@@ -15,13 +19,26 @@ def _add(plan: "dict[int, Ranges]", index: int, s: "ResiliencySet", offset: int,
     plan.setdefault(index, []).append((s.members[index].handle, offset, buf))
 
 
+@dataclass
+class CodedWrite:
+    """A planned write. ``early``: member writes that need no computing (data chunks of
+    full stripes); run ``compute`` (``nbytes`` of math; thread-safe), then ``late()``
+    gives the other writes. ``buffers``: scratch to give back once all are written."""
+
+    early: "dict[int, Ranges]"
+    compute: Callable[[], None]
+    nbytes: int
+    late: "Callable[[], dict[int, Ranges]]"
+    buffers: list
+
+
 async def plan_coded_write(s: "ResiliencySet", offset: int, view: memoryview,
-                           stripes: range) -> "dict[int, Ranges] | None":
-    """The member writes that store ``view`` at ``offset``; None if a member failed
-    while old contents were read (it is marked failed; plan again)."""
+                           stripes: range) -> CodedWrite | None:
+    """Plan the member writes that store ``view`` at ``offset``, reading what a partial
+    stripe needs; None if a member failed during those reads (it is marked failed; plan
+    again)."""
     k, m, cs, ss = s.k, s.scheme.coding_chunks, s.chunk_size, s.stripe_size
     end = offset + view.nbytes
-    plan: dict = {}
     full = [st for st in stripes if st * ss >= offset and (st + 1) * ss <= end]
     partial = [st for st in stripes if not (st * ss >= offset and (st + 1) * ss <= end)]
 
@@ -56,7 +73,7 @@ async def plan_coded_write(s: "ResiliencySet", offset: int, view: memoryview,
         return None
 
     # -- compute: encode full stripes, apply deltas, rebuild partial stripes ------------
-    coding_full = [bytearray(len(full) * cs) for _ in range(m)]
+    coding_full = [scratch.take(len(full) * cs) for _ in range(m)]
     rmw_out = {}
 
     def compute():
@@ -82,32 +99,36 @@ async def plan_coded_write(s: "ResiliencySet", offset: int, view: memoryview,
                 chunks = [memoryview(stripe)[c * cs:(c + 1) * cs] for c in range(k)]
                 rmw_out[st] = chunks + s.codec.encode(chunks)
 
-    await s.compute(len(full) * ss + len(partial) * ss, compute)
+    # -- the member writes: data of full stripes needs no computing ----------------------
+    early: dict = {}
+    for i in range(k):
+        for st in full:
+            if s.members[i].usable(st):
+                at = st * ss - offset + i * cs
+                _add(early, i, s, st * cs, view[at:at + cs])
 
-    # -- the member writes ----------------------------------------------------------------
-    for i, member in enumerate(s.members):
-        current = [p for p, st in enumerate(full) if member.usable(st)]
-        if i >= k and current and len(current) == len(full):
-            _add(plan, i, s, full[0] * cs, coding_full[i - k])
-        else:
+    def late() -> dict:
+        plan: dict = {}
+        for i in range(k, k + m):
+            current = [p for p, st in enumerate(full) if s.members[i].usable(st)]
+            if current and len(current) == len(full):
+                _add(plan, i, s, full[0] * cs, coding_full[i - k])
+                continue
             for p in current:
-                st = full[p]
-                if i < k:
-                    at = st * ss - offset + i * cs
-                    _add(plan, i, s, st * cs, view[at:at + cs])
-                else:
-                    _add(plan, i, s, st * cs, memoryview(coding_full[i - k])[p * cs:(p + 1) * cs])
-    for job in jobs:
-        if job[0] == "delta":
-            _, st, lo, spans, first, old, coding, usable = job
-            for c, (a, b) in spans.items():
-                at = st * ss + c * cs + a - offset
-                _add(plan, c, s, st * cs + a, view[at:at + b - a])
-            for j in range(m):
-                if (k + j) in usable:
-                    _add(plan, k + j, s, st * cs + first, coding[j])
-        else:
-            _, st, lo, hi, bufs, usable = job
-            for i in usable:
-                _add(plan, i, s, st * cs, rmw_out[st][i])
-    return plan
+                _add(plan, i, s, full[p] * cs, memoryview(coding_full[i - k])[p * cs:(p + 1) * cs])
+        for job in jobs:
+            if job[0] == "delta":
+                _, st, lo, spans, first, old, coding, usable = job
+                for c, (a, b) in spans.items():
+                    at = st * ss + c * cs + a - offset
+                    _add(plan, c, s, st * cs + a, view[at:at + b - a])
+                for j in range(m):
+                    if (k + j) in usable:
+                        _add(plan, k + j, s, st * cs + first, coding[j])
+            else:
+                _, st, lo, hi, bufs, usable = job
+                for i in usable:
+                    _add(plan, i, s, st * cs, rmw_out[st][i])
+        return plan
+
+    return CodedWrite(early, compute, (len(full) + len(partial)) * ss, late, coding_full)
