@@ -316,7 +316,7 @@ class ResiliencySet:
         """A snapshot of health, failed members and rebuild progress (no I/O)."""
         failed = tuple(i for i, m in enumerate(self.members) if m.state == FAILED)
         rebuilding = tuple(i for i, m in enumerate(self.members) if m.state == REBUILDING)
-        if len(failed) + len(rebuilding) > self.scheme.tolerance and failed:
+        if len(failed) > self.scheme.tolerance:
             state = UNAVAILABLE
         elif rebuilding:
             state = STATE_REBUILDING

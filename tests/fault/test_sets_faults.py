@@ -109,11 +109,14 @@ async def wait_for(predicate, timeout: float = 10) -> None:
 SCHEMES = ["mirror:2", "mirror:3", "parity:4+1", "ec:4+2"]
 
 
-@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+@pytest.mark.parametrize("mode", ["parallel", "sequential", "shm"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 async def test_kill_during_writes(cluster, apps, request, scheme, mode):
-    """SIGKILL a member's appliance while 4 writers run: nothing acknowledged is lost."""
-    pool = await make_pool(cluster)
+    """SIGKILL a member's appliance while 4 writers run: nothing acknowledged is lost.
+
+    Mode "shm" is parallel writes over the shm transport (the others use tcp)."""
+    pool = await make_pool(cluster, "shm" if mode == "shm" else "tcp")
+    mode = "parallel" if mode == "shm" else mode
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", set_id(request),
                                    write_mode=mode, chunk_size=CHUNK)
     shadow = Shadow(SIZE)
@@ -188,9 +191,12 @@ async def test_rebuild_concurrent_with_writes_to_same_stripes(cluster, apps, req
             for lane in range(3):
                 nursery.start_soon(writer, s, shadow, lane, 3, stop, 10 + lane, count)
             await wait_for(lambda: s.status().state == "rebuilding")
+            started = trio.current_time()
             progress = s.status().progress
             assert progress and progress[0].total == s.stripes * CHUNK
             await wait_for(lambda: s.status().state == "healthy", timeout=30)
+            # the 4 MiB/s ceiling held: 1 MiB of member took at least ~1/4 s
+            assert trio.current_time() - started >= 0.2
             stop.set()
             worker.stop()
     assert count[0] > 50
@@ -279,4 +285,30 @@ async def test_writer_killed_mid_multiwrite_then_resync(cluster, apps, request, 
     report = await s.scrub()
     assert report.mismatched == [] and report.stripes_checked == s.stripes
     await s.close()
+    await pool.aclose()
+
+
+async def test_hung_appliance_is_failed_after_the_timeout(cluster, apps, request):
+    """SIGSTOP (no answer, connection open): writes go on within ~1 s, then resync."""
+    pool = await make_pool(cluster)
+    s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
+                                   chunk_size=CHUNK)
+    shadow = Shadow(SIZE)
+    app = next(a for a in cluster.appliances if a.address == s.members[1].appliance)
+    os.kill(app.pid, signal.SIGSTOP)
+    try:
+        started = trio.current_time()
+        with trio.fail_after(5):
+            piece = os.urandom(300 * KiB)
+            await s.write(1000, piece)
+            shadow.apply(1000, piece)
+        assert trio.current_time() - started <= 2.5
+        assert s.status().failed == (1,)
+        await shadow.check(s)
+    finally:
+        os.kill(app.pid, signal.SIGCONT)
+    await rebuild_until_healthy(s, replace_after=60)
+    assert s.members[1].appliance == app.address
+    await shadow.check(s)
+    assert (await s.scrub()).mismatched == []
     await pool.aclose()
