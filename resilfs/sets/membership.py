@@ -1,7 +1,9 @@
 """A set's membership record: which regions form it, their state, what each one missed.
 
 The record is JSON, stored under the name ``set/<set_id>`` of the set's owner on every
-member appliance that is not failed, so any client or appliance can learn the current set.
+member appliance that is not failed (required) and, best effort, on every other reachable
+appliance of the pool (witnesses), so any client or appliance can learn the current set,
+and an opener that reaches only a stale member still finds the newer record elsewhere.
 Each copy is written with the appliance's compare-and-set generation; ``epoch`` inside the
 value orders copies across appliances (a member that was failed holds an older one).
 """
@@ -141,8 +143,9 @@ async def load(pool: AppliancePool, owner: str, set_id: str) -> tuple[Membership
 
 
 async def save(pool: AppliancePool, membership: Membership, generations: dict[str, int],
-               addresses: list[str]) -> list[str]:
-    """Write the record to ``addresses`` concurrently; return the ones that failed.
+               addresses: list[str], witnesses: list[str] = ()) -> list[str]:
+    """Write the record to ``addresses`` and ``witnesses`` concurrently; return the
+    ``addresses`` that failed (a failing witness is only logged).
 
     ``generations`` holds the generation last seen per appliance and is updated. An
     appliance not in it is asked first (a returning member holds an older copy; a
@@ -184,12 +187,12 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
             raise
 
     async with trio.open_nursery() as nursery:
-        for address in addresses:
+        for address in [*addresses, *witnesses]:
             nursery.start_soon(put, address)
     if conflicts:
         raise SetConflict(f"set {membership.set_id!r} was changed by another client: "
                           + "; ".join(conflicts))
-    return failed
+    return [a for a in failed if a in addresses]
 
 
 async def list_sets(pool: AppliancePool, owner: str) -> list[str]:

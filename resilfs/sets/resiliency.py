@@ -15,6 +15,7 @@ members; its write intent is left open, so the stripes are resynced at the next 
 """
 import logging
 import math
+import time
 import zlib
 from collections.abc import Callable
 from functools import lru_cache
@@ -131,8 +132,9 @@ class ResiliencySet:
             candidates = candidates[start:] + candidates[:start]
             candidates.sort(key=lambda a: not pool.is_up(a))
         members = await _allocate(pool, candidates, scheme.width, region_size, owner)
+        # epochs start at the clock, so a leftover record of a deleted set is always older
         membership = Membership(owner, set_id, scheme, codec.backend, codec.chunk_size, size,
-                                members, epoch=0)
+                                members, epoch=time.time_ns() // 1000)
         s = cls(pool, membership, codec, {m.appliance: 0 for m in members},
                 write_mode=write_mode, **options)
         try:
@@ -189,6 +191,11 @@ class ResiliencySet:
         self._closed = True
         name = records.record_name(self.set_id)
         await self._each_live(lambda c: c.record_delete(self.owner, name), "record delete")
+        for address in self.pool.up():  # the witnesses' copies
+            try:
+                await (await self.pool.client(address)).record_delete(self.owner, name)
+            except TransportError as e:
+                log.warning("deleting record %s on %s: %s", name, address, e)
         await _free(self.pool, [m for m in self.members if m.state != FAILED])
 
     # -- membership state ---------------------------------------------------------------
@@ -265,8 +272,9 @@ class ResiliencySet:
                 version = self._version
                 self.membership.epoch += 1
                 targets = [m.appliance for m in self.members if m.state != FAILED]
+                witnesses = [a for a in self.pool.up() if a not in targets]
                 failed = await records.save(self.pool, self.membership, self._generations,
-                                            targets)
+                                            targets, witnesses)
                 for i, m in enumerate(self.members):
                     if m.appliance in failed:
                         self._mark_failed(i, "could not store the set record")

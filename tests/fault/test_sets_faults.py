@@ -312,3 +312,24 @@ async def test_hung_appliance_is_failed_after_the_timeout(cluster, apps, request
     await shadow.check(s)
     assert (await s.scrub()).mismatched == []
     await pool.aclose()
+
+
+async def test_stale_member_alone_is_not_trusted(cluster, apps, request):
+    """A member that missed writes comes back while the only current one dies: an opener
+    must refuse (the witnesses hold the newer record), not serve the stale copy."""
+    pool = await make_pool(cluster)
+    sid = set_id(request)
+    s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", sid,
+                                   chunk_size=CHUNK)
+    await s.write(0, b"old" * 1000)
+    stale = next(a for a in cluster.appliances if a.address == s.members[0].appliance)
+    await kill(cluster, stale.address)
+    await s.write(0, b"new" * 1000)
+    assert s.status().failed == (0,)
+    await pool.aclose()
+    await trio.to_thread.run_sync(cluster.restart, stale)
+    await kill(cluster, s.members[1].appliance)
+    pool = await make_pool(cluster)
+    with pytest.raises(SetUnavailable):
+        await ResiliencySet.open(pool, "fault", sid)
+    await pool.aclose()
