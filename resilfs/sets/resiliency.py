@@ -477,28 +477,47 @@ class ResiliencySet:
             a = 0
 
     async def _read_degraded(self, offset: int, view: memoryview, stripes: range) -> bool:
-        """Read current data chunks directly and decode the others; False if a member failed."""
+        """Read current data chunks directly and decode the others; False if a member failed.
+
+        A decode source that the read fetches anyway (the same bytes of a current data
+        chunk) is taken from the caller's buffer instead of being read twice.
+        """
         plan: dict[int, Ranges] = {}
-        decodes = []  # (stripe, chunk, a, n, at, {member: buffer})
-        for s, c, a, n, at in self._pieces(offset, view.nbytes):
+        pieces = list(self._pieces(offset, view.nbytes))
+        direct = {}
+        for s, c, a, n, at in pieces:
             member = self.members[c]
-            base = s * self.chunk_size
             if member.usable(s):
-                plan.setdefault(c, []).append((member.handle, base + a, view[at:at + n]))
+                plan.setdefault(c, []).append((member.handle, s * self.chunk_size + a,
+                                               view[at:at + n]))
+                direct[(s, c)] = (a, n, at)
+        decodes = []  # (chunk, length, codec input {member: buffer}, output view)
+        taken = []
+        for s, c, a, n, at in pieces:
+            if (s, c) in direct:
                 continue
             sources = self.codec.minimum_to_decode({c}, set(self.usable(s)))
-            bufs = {i: bytearray(n) for i in sources}
-            for i, buf in bufs.items():
-                plan.setdefault(i, []).append((self.members[i].handle, base + a, buf))
-            decodes.append((c, n, at, bufs))
-        if await self.transfer(plan, write=False):
-            return False
+            inputs = {}
+            for i in sources:
+                if direct.get((s, i), (None,))[:2] == (a, n):
+                    inputs[i] = view[direct[(s, i)][2]:direct[(s, i)][2] + n]
+                else:
+                    inputs[i] = scratch.take(n)
+                    taken.append(inputs[i])
+                    plan.setdefault(i, []).append((self.members[i].handle,
+                                                   s * self.chunk_size + a, inputs[i]))
+            decodes.append((c, n, inputs, view[at:at + n]))
+        try:
+            if await self.transfer(plan, write=False):
+                return False
 
-        def decode_all():
-            for c, n, at, bufs in decodes:
-                view[at:at + n] = self.codec_for(n).decode(bufs, [c])[c]
+            def decode_all():
+                for c, n, inputs, out in decodes:
+                    self.codec_for(n).decode(inputs, [c], {c: out})
 
-        await self.compute(sum(d[1] for d in decodes) * self.k, decode_all)
+            await self.compute(sum(d[1] for d in decodes) * self.k, decode_all)
+        finally:
+            scratch.give(*taken)
         return True
 
     # -- writes -----------------------------------------------------------------------
