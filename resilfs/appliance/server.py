@@ -58,8 +58,10 @@ FRAMES_PER_CHECKPOINT = 16  # frames served without blocking before yielding to 
 class Appliance:
     """Serves one region store, record store and intent log to authenticated clients."""
 
-    def __init__(self, *, store, records, intents, secret: bytes, appliance_id: str, metrics):
+    def __init__(self, *, store, records, intents, secret: bytes, appliance_id: str, metrics,
+                 rdma=None):
         self.store = store
+        self.rdma = rdma  # a transport.rdma.RdmaResponder when this host has RDMA
         self.records = records
         self.intents = intents
         self.secret = secret
@@ -131,6 +133,10 @@ class Connection:
         if local:
             self.control_ops[Op.SHM_TABLE] = self._shm_table
             self.control_ops[Op.SHM_MAP] = self._shm_map
+        elif appliance.rdma is not None:
+            self.control_ops[Op.RDMA_CONNECT] = self._rdma_connect
+            self.control_ops[Op.RDMA_REGION] = self._rdma_region
+        self.rdma_resources = []
 
     async def run(self) -> None:
         self.a._connections += 1
@@ -152,6 +158,8 @@ class Connection:
             reason = f"dropped: {e.strerror or e}"
         finally:
             close_socket(self.sock)
+            for resources in self.rdma_resources:
+                self.a.rdma.close(resources)
             self.a._connections -= 1
             self.a.metrics.clients.dec()
             log.info("connection %s (%s) %s after %.1f s and %d ops", self.peer,
@@ -326,7 +334,11 @@ class Connection:
         return self._describe(region)
 
     async def _free(self, r: Reader):
-        region = self.a.store.free(*REGION_REF.unpack(r.raw(REGION_REF.size)))
+        region_id, key = REGION_REF.unpack(r.raw(REGION_REF.size))
+        self.a.store.get(region_id, key)  # check the key before anything changes
+        if self.a.rdma is not None:
+            self.a.rdma.forget(region_id)  # the hardware refuses the old rkey from now on
+        region = self.a.store.free(region_id, key)
         log.info("freed region %d of %d bytes (%s)", region.region_id, region.size, self.peer)
         return b""
 
@@ -400,3 +412,12 @@ class Connection:
     async def _shm_map(self, r: Reader):
         region = self.a.store.get(*REGION_REF.unpack(r.raw(REGION_REF.size)))
         return U64.pack(region.size) + U64.pack(region.slot), [region.fd]
+
+    # -- rdma (tcp only, on hosts with an RDMA device) -------------------------------
+    async def _rdma_connect(self, r: Reader):
+        resources, reply = self.a.rdma.accept(r)
+        self.rdma_resources.append(resources)
+        return reply
+
+    async def _rdma_region(self, r: Reader):
+        return self.a.rdma.region(self.a.store.get(*REGION_REF.unpack(r.raw(REGION_REF.size))))

@@ -16,6 +16,7 @@ from ..appliance.server import Appliance
 from ..appliance.store import RegionStore
 from ..auth import SecretFileError, load_secret
 from ..protocol import shm_socket_name, split_address
+from ..transport import rdma
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,12 @@ async def _run(opts, listen, capacity, metrics_address, secret, appliance_id) ->
         metrics = Metrics(store)
         if metrics_address:
             metrics.serve(*metrics_address)
+        rdma_unavailable = rdma.unavailable_reason()
+        if rdma_unavailable:
+            log.info("rdma transport not offered: %s", rdma_unavailable)
         appliance = Appliance(store=store, records=records, intents=intents, secret=secret,
-                              appliance_id=appliance_id, metrics=metrics)
+                              appliance_id=appliance_id, metrics=metrics,
+                              rdma=None if rdma_unavailable else rdma.RdmaResponder())
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(appliance.serve, *listen)
