@@ -44,9 +44,6 @@ WRITE_MODES = ("parallel", "sequential")
 # thread hop costs ~65 us, an ec:4+2 encode ~7 us per 64 KiB, so below ~2 MiB the hop
 # costs more than the math it moves off the loop (which then blocks it < 0.3 ms).
 THREAD_MIN = 2 << 20
-# Full stripes of at least this many bytes are encoded in a thread *while* their data chunks
-# are sent, which hides the math and the hop.
-OVERLAP_MIN = 512 << 10
 
 Ranges = list[tuple[RegionHandle, int, object]]
 
@@ -589,24 +586,15 @@ class ResiliencySet:
         Returns the members that failed, or None (nothing written) if a member failed
         while old contents were read.
         """
-        w = await plan_coded_write(self, offset, view, stripes)
-        if w is None:
+        planned = await plan_coded_write(self, offset, view, stripes)
+        if planned is None:
             return None
-        sequential = self.write_mode == "sequential"
+        plan, buffers = planned
         try:
-            if w.early and w.nbytes >= OVERLAP_MIN:
-                # encode on the other CPU while this one sends the data chunks
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio.to_thread.run_sync, w.compute)
-                    failed = await self.transfer(w.early, write=True, sequential=sequential)
-                return failed | await self.transfer(w.late(), write=True, sequential=sequential)
-            await self.compute(w.nbytes, w.compute)
-            plan = w.late()
-            for index, ranges in w.early.items():
-                plan[index] = ranges + plan.get(index, [])
-            return await self.transfer(plan, write=True, sequential=sequential)
+            return await self.transfer(plan, write=True,
+                                       sequential=self.write_mode == "sequential")
         finally:
-            scratch.give(*w.buffers)
+            scratch.give(*buffers)
 
 
 @lru_cache(maxsize=64)

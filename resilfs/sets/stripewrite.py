@@ -5,8 +5,6 @@ the coding chunks from the change (the parity delta: read old data and old codin
 touched bytes only). A partial stripe with a touched data chunk lost is read, decoded,
 patched and re-encoded whole (read-modify-write). The caller holds the stripes' locks.
 """
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .scratch import scratch
@@ -19,24 +17,11 @@ def _add(plan: "dict[int, Ranges]", index: int, s: "ResiliencySet", offset: int,
     plan.setdefault(index, []).append((s.members[index].handle, offset, buf))
 
 
-@dataclass
-class CodedWrite:
-    """A planned write. ``early``: member writes that need no computing (data chunks of
-    full stripes); run ``compute`` (``nbytes`` of math; thread-safe), then ``late()``
-    gives the other writes. ``buffers``: scratch to give back once all are written."""
-
-    early: "dict[int, Ranges]"
-    compute: Callable[[], None]
-    nbytes: int
-    late: "Callable[[], dict[int, Ranges]]"
-    buffers: list
-
-
 async def plan_coded_write(s: "ResiliencySet", offset: int, view: memoryview,
-                           stripes: range) -> CodedWrite | None:
-    """Plan the member writes that store ``view`` at ``offset``, reading what a partial
-    stripe needs; None if a member failed during those reads (it is marked failed; plan
-    again)."""
+                           stripes: range) -> "tuple[dict[int, Ranges], list] | None":
+    """The member writes that store ``view`` at ``offset`` (reading what a partial stripe
+    needs and computing the coding), and the scratch buffers to give back once they are
+    written; None if a member failed during the reads (it is marked failed; plan again)."""
     k, m, cs, ss = s.k, s.scheme.coding_chunks, s.chunk_size, s.stripe_size
     end = offset + view.nbytes
     full = [st for st in stripes if st * ss >= offset and (st + 1) * ss <= end]
@@ -99,36 +84,33 @@ async def plan_coded_write(s: "ResiliencySet", offset: int, view: memoryview,
                 chunks = [memoryview(stripe)[c * cs:(c + 1) * cs] for c in range(k)]
                 rmw_out[st] = chunks + s.codec.encode(chunks)
 
-    # -- the member writes: data of full stripes needs no computing ----------------------
-    early: dict = {}
+    await s.compute((len(full) + len(partial)) * ss, compute)
+
+    # -- the member writes ----------------------------------------------------------------
+    plan: dict = {}
     for i in range(k):
         for st in full:
             if s.members[i].usable(st):
                 at = st * ss - offset + i * cs
-                _add(early, i, s, st * cs, view[at:at + cs])
-
-    def late() -> dict:
-        plan: dict = {}
-        for i in range(k, k + m):
-            current = [p for p, st in enumerate(full) if s.members[i].usable(st)]
-            if current and len(current) == len(full):
-                _add(plan, i, s, full[0] * cs, coding_full[i - k])
-                continue
-            for p in current:
-                _add(plan, i, s, full[p] * cs, memoryview(coding_full[i - k])[p * cs:(p + 1) * cs])
-        for job in jobs:
-            if job[0] == "delta":
-                _, st, lo, spans, first, old, coding, usable = job
-                for c, (a, b) in spans.items():
-                    at = st * ss + c * cs + a - offset
-                    _add(plan, c, s, st * cs + a, view[at:at + b - a])
-                for j in range(m):
-                    if (k + j) in usable:
-                        _add(plan, k + j, s, st * cs + first, coding[j])
-            else:
-                _, st, lo, hi, bufs, usable = job
-                for i in usable:
-                    _add(plan, i, s, st * cs, rmw_out[st][i])
-        return plan
-
-    return CodedWrite(early, compute, (len(full) + len(partial)) * ss, late, coding_full)
+                _add(plan, i, s, st * cs, view[at:at + cs])
+    for i in range(k, k + m):
+        current = [p for p, st in enumerate(full) if s.members[i].usable(st)]
+        if current and len(current) == len(full):
+            _add(plan, i, s, full[0] * cs, coding_full[i - k])
+            continue
+        for p in current:
+            _add(plan, i, s, full[p] * cs, memoryview(coding_full[i - k])[p * cs:(p + 1) * cs])
+    for job in jobs:
+        if job[0] == "delta":
+            _, st, lo, spans, first, old, coding, usable = job
+            for c, (a, b) in spans.items():
+                at = st * ss + c * cs + a - offset
+                _add(plan, c, s, st * cs + a, view[at:at + b - a])
+            for j in range(m):
+                if (k + j) in usable:
+                    _add(plan, k + j, s, st * cs + first, coding[j])
+        else:
+            _, st, lo, hi, bufs, usable = job
+            for i in usable:
+                _add(plan, i, s, st * cs, rmw_out[st][i])
+    return plan, coding_full
