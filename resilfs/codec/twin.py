@@ -6,8 +6,18 @@ wrong counts or lengths, TypeError/BufferError for non-buffers or a read-only ou
 ``resilfs._xor`` and the field and matrix helpers of ``resilfs._isal``. The field is
 GF(2^8) with polynomial 0x11d, the one ISA-L and zfec both use. Slow: meant for tests,
 small updates and fallback.
+
+The striping geometry (``Piece``, ``locate``, ``file_offset``, ``member_offset``,
+``map_range``, ``stripes_in_range``) is the twin of ``resilfs._stripe`` and the one place
+its input checks live: it raises CodecError, and the extension hands any input off its fast
+path (not an exact int, negative, 2**62 or more, or an overflowing result) to these
+functions, so both raise the same errors with the same messages.
 """
+from typing import NamedTuple
+
 import numpy as np
+
+from .base import CodecError
 
 POLYNOMIAL = 0x11D
 
@@ -176,3 +186,91 @@ class Tables:
         src = _bytes_view(source)
         for r, out in enumerate(self._outputs(outputs, src.nbytes)):
             gf_mad(out, self._coef[r * self.k + index], src)
+
+
+# Striping geometry: the twin of resilfs._stripe (see docs/codecs.md)
+
+class Piece(NamedTuple):
+    """A run of bytes within one chunk: ``length`` bytes at ``chunk_offset`` of data chunk
+    ``chunk`` of ``stripe``, taken from (or put at) ``buffer_offset`` of the caller's buffer."""
+
+    stripe: int
+    chunk: int
+    chunk_offset: int
+    length: int
+    buffer_offset: int
+
+
+def check_shape(data_chunks: int, chunk_size: int) -> None:
+    """CodecError unless ``data_chunks`` and ``chunk_size`` are positive ints."""
+    if not isinstance(data_chunks, int) or data_chunks < 1:
+        raise CodecError(f"data chunks must be a positive int, got {data_chunks!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise CodecError(f"chunk size must be a positive int, got {chunk_size!r}")
+
+
+def _check_nonnegative(value: int, what: str) -> None:
+    if not isinstance(value, int) or value < 0:
+        raise CodecError(f"{what} must be a non-negative int, got {value!r}")
+
+
+def locate(offset: int, data_chunks: int, chunk_size: int) -> tuple[int, int, int]:
+    """(stripe, data chunk, offset in chunk) of striped byte ``offset``."""
+    check_shape(data_chunks, chunk_size)
+    _check_nonnegative(offset, "offset")
+    chunk_number, in_chunk = divmod(offset, chunk_size)
+    stripe, chunk = divmod(chunk_number, data_chunks)
+    return stripe, chunk, in_chunk
+
+
+def file_offset(stripe: int, chunk: int, chunk_offset: int, data_chunks: int,
+                chunk_size: int) -> int:
+    """The striped byte offset of ``chunk_offset`` in data chunk ``chunk`` of ``stripe``."""
+    check_shape(data_chunks, chunk_size)
+    _check_nonnegative(stripe, "stripe")
+    if not (isinstance(chunk, int) and 0 <= chunk < data_chunks):
+        raise CodecError(f"{chunk!r} is not a data chunk number (0..{data_chunks - 1})")
+    if not (isinstance(chunk_offset, int) and 0 <= chunk_offset < chunk_size):
+        raise CodecError(f"offset in chunk {chunk_offset!r} outside 0..{chunk_size - 1}")
+    return (stripe * data_chunks + chunk) * chunk_size + chunk_offset
+
+
+def member_offset(stripe: int, chunk_offset: int, chunk_size: int) -> int:
+    """Where ``chunk_offset`` of any chunk of ``stripe`` lies in its member's region."""
+    check_shape(1, chunk_size)
+    _check_nonnegative(stripe, "stripe")
+    if not (isinstance(chunk_offset, int) and 0 <= chunk_offset < chunk_size):
+        raise CodecError(f"offset in chunk {chunk_offset!r} outside 0..{chunk_size - 1}")
+    return stripe * chunk_size + chunk_offset
+
+
+def map_range(offset: int, length: int, data_chunks: int, chunk_size: int) -> list[Piece]:
+    """The pieces, in file order, that bytes ``offset .. offset+length`` occupy.
+
+    Each piece stays within one chunk; their lengths sum to ``length`` (no pieces for 0).
+    """
+    check_shape(data_chunks, chunk_size)
+    _check_nonnegative(offset, "offset")
+    _check_nonnegative(length, "length")
+    pieces = []
+    chunk_number, in_chunk = divmod(offset, chunk_size)
+    done = 0
+    while done < length:
+        run = min(chunk_size - in_chunk, length - done)
+        stripe, chunk = divmod(chunk_number, data_chunks)
+        pieces.append(Piece(stripe, chunk, in_chunk, run, done))
+        done += run
+        chunk_number += 1
+        in_chunk = 0
+    return pieces
+
+
+def stripes_in_range(offset: int, length: int, data_chunks: int, chunk_size: int) -> range:
+    """The stripes that bytes ``offset .. offset+length`` touch (empty for length 0)."""
+    check_shape(data_chunks, chunk_size)
+    _check_nonnegative(offset, "offset")
+    _check_nonnegative(length, "length")
+    if length == 0:
+        return range(0)
+    stripe_size = data_chunks * chunk_size
+    return range(offset // stripe_size, (offset + length - 1) // stripe_size + 1)
