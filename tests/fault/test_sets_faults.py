@@ -16,8 +16,9 @@ import pytest
 import trio
 
 from resilfs.appliance.launcher import ApplianceLauncher
-from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, SetUnavailable
+from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, SetUnavailable, list_sets
 from resilfs.transport import connect
+from resilfs.transport.base import NoSuchRegion
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZE = 4 * MiB
@@ -244,6 +245,7 @@ WRITER = """
 import functools, random, sys, trio
 from resilfs.sets import AppliancePool, ResiliencySet
 from resilfs.transport import connect
+from resilfs.transport.base import NoSuchRegion
 
 async def main(addresses, secret, set_id):
     pool = await AppliancePool.create(addresses, functools.partial(connect, secret=secret))
@@ -332,4 +334,30 @@ async def test_stale_member_alone_is_not_trusted(cluster, apps, request):
     pool = await make_pool(cluster)
     with pytest.raises(SetUnavailable):
         await ResiliencySet.open(pool, "fault", sid)
+    await pool.aclose()
+
+
+@pytest.mark.parametrize("scheme", ["mirror:3", "parity:4+1", "ec:4+2"])
+async def test_scrub_finds_and_repairs_a_corrupted_member(cluster, apps, request, scheme):
+    pool = await make_pool(cluster)
+    sid = set_id(request)
+    s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", sid, chunk_size=CHUNK)
+    shadow = Shadow(SIZE)
+    data = os.urandom(SIZE)
+    await s.write(0, data)
+    shadow.apply(0, data)
+    victim = s.members[s.width - 1]  # a copy or a coding chunk: the data reads stay right
+    client = await pool.client(victim.appliance)
+    await client.write(victim.handle, 3 * CHUNK + 5, b"rot")
+    report = await s.scrub()
+    assert report.mismatched == [3] and not report.repaired
+    report = await s.scrub(repair=True)
+    assert report.mismatched == [3]
+    assert (await s.scrub()).mismatched == []
+    await shadow.check(s)
+    assert sid in await list_sets(pool, "fault")
+    await s.destroy()
+    assert sid not in await list_sets(pool, "fault")
+    with pytest.raises(NoSuchRegion):
+        await client.lookup(victim.region_id, victim.key)
     await pool.aclose()
