@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from .transport.base import (
     ApplianceError,
     AuthenticationFailed,
+    ForwardFailed,
     NoSpace,
     NoSuchRegion,
     OutOfBounds,
@@ -63,6 +64,8 @@ class Op:
     SHM_MAP = 21  # Unix socket only: one region's memfd
     RDMA_CONNECT = 22  # exchange RC queue-pair parameters
     RDMA_REGION = 23  # a region's remote address for RDMA
+    FORWARD_WRITE = 24  # write here, then update peer regions (claims 6-8)
+    APPLY_DELTA = 25  # fold new data or a delta into a region (sent by a forwarding appliance)
 
 
 OP_NAMES = {v: k.lower() for k, v in vars(Op).items() if not k.startswith("_")}
@@ -79,6 +82,7 @@ class Status:
     RECORD_CONFLICT = 7
     UNSUPPORTED = 8  # a valid op this appliance or this socket does not offer
     INTERNAL = 9
+    FORWARD_FAILED = 10
 
 
 class Unsupported(ApplianceError):
@@ -94,6 +98,7 @@ ERRORS: dict[int, type[ApplianceError]] = {
     Status.NO_SPACE: NoSpace,
     Status.PROTOCOL_VIOLATION: ProtocolViolation,
     Status.RECORD_CONFLICT: RecordConflict,
+    Status.FORWARD_FAILED: ForwardFailed,
 }
 for _status, _cls in ERRORS.items():
     _cls.code = _status
@@ -137,6 +142,9 @@ READ_REQ = RANGE
 REGION_DESC = struct.Struct("<QQQ")  # region id, key, size
 STAT_REPLY = struct.Struct("<QQQ")  # capacity, used, regions; then appliance id string
 EXTENT = struct.Struct("<QQ")
+FORWARD_PREFIX = struct.Struct("<QQQI")  # region id, key, offset, bytes of the target list
+APPLY_PREFIX = struct.Struct("<QQQI")  # region id, key, offset, coefficient
+MAX_TARGETS = 64
 
 
 class Writer:
@@ -246,6 +254,36 @@ def split_address(address: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"port {port} in {address!r} is not below 65536")
     return match.group(1) or match.group(3), port
+
+
+def pack_targets(targets) -> bytes:
+    """Forward targets: count, then (peer address, region id, key, coefficient) each."""
+    w = Writer().u32(len(targets))
+    for t in targets:
+        w.str(t.region.appliance).u64(t.region.region_id).u64(t.region.key).u32(t.coefficient)
+    return w.build()
+
+
+def unpack_targets(reader: Reader) -> list[tuple[str, int, int, int]]:
+    count = reader.u32()
+    if count > MAX_TARGETS:
+        raise ProtocolViolation(f"{count} forward targets exceed the limit {MAX_TARGETS}")
+    targets = []
+    for _ in range(count):
+        address, region_id = reader.str(), reader.u64()
+        key, coefficient = reader.u64(), reader.u32()
+        if coefficient > 255:
+            raise ProtocolViolation(f"coefficient {coefficient} is not in GF(2^8)")
+        split_address_or_violation(address)
+        targets.append((address, region_id, key, coefficient))
+    return targets
+
+
+def split_address_or_violation(address: str) -> tuple[str, int]:
+    try:
+        return split_address(address)
+    except ValueError as e:
+        raise ProtocolViolation(str(e)) from None
 
 
 def shm_socket_name(port: int) -> bytes:

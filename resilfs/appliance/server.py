@@ -19,8 +19,11 @@ import time
 import trio
 
 from .. import auth
+from ..codec import xor_into
 from ..protocol import (
+    APPLY_PREFIX,
     DATA_PREFIX,
+    FORWARD_PREFIX,
     MAX_CONTROL,
     MAX_DATA,
     MAX_NAME,
@@ -43,9 +46,11 @@ from ..protocol import (
     status_of,
     unpack_extents,
     unpack_ranges,
+    unpack_targets,
 )
 from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
-from ..transport.base import ApplianceError, AuthenticationFailed, ProtocolViolation
+from ..transport.base import ApplianceError, AuthenticationFailed, ForwardFailed, ProtocolViolation
+from .forward import Forwarder, fold
 from .store import STATUS_SLOTS, check_range
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ class Appliance:
     def __init__(self, *, store, records, intents, secret: bytes, appliance_id: str, metrics,
                  rdma=None):
         self.store = store
+        self.forwarder = Forwarder(secret)
         self.rdma = rdma  # a transport.rdma.RdmaResponder when this host has RDMA
         self.records = records
         self.intents = intents
@@ -84,11 +90,15 @@ class Appliance:
         unix = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         await unix.bind(shm_socket_name(self.port))
         unix.listen(128)
-        with tcp, unix:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._accept, tcp, nursery, False)
-                nursery.start_soon(self._accept, unix, nursery, True)
-                task_status.started(self.port)
+        try:
+            with tcp, unix:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._accept, tcp, nursery, False)
+                    nursery.start_soon(self._accept, unix, nursery, True)
+                    task_status.started(self.port)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.forwarder.aclose()
 
     async def _accept(self, listener, nursery, local: bool) -> None:
         while True:
@@ -121,7 +131,8 @@ class Connection:
         self.ops = 0
         self.authenticated = False
         self.data_ops = {Op.READ: self._read, Op.WRITE: self._write, Op.READV: self._readv,
-                         Op.WRITEV: self._writev}
+                         Op.WRITEV: self._writev, Op.FORWARD_WRITE: self._forward_write,
+                         Op.APPLY_DELTA: self._apply_delta}
         self.control_ops = {
             Op.ALLOC: self._alloc, Op.FREE: self._free, Op.CLONE: self._clone,
             Op.LIST: self._list, Op.LOOKUP: self._lookup, Op.STAT: self._stat,
@@ -320,6 +331,57 @@ class Connection:
             await self.reader.read_into(view)
         await send_buffers(self.sock, [pack_header(0, Op.WRITEV | REPLY, request_id)])
         self.a.metrics.op("writev", length - descriptors)
+
+    async def _apply_delta(self, length: int, request_id: int) -> None:
+        if length < APPLY_PREFIX.size:
+            return await self._refuse_data(Op.APPLY_DELTA, request_id,
+                                           ProtocolViolation("malformed apply_delta"), length)
+        region_id, key, offset, coefficient = APPLY_PREFIX.unpack(
+            await self.reader.read_bytes(APPLY_PREFIX.size))
+        n = length - APPLY_PREFIX.size
+        try:
+            if coefficient > 255:
+                raise ProtocolViolation(f"coefficient {coefficient} is not in GF(2^8)")
+            view = check_range(self.a.store.get(region_id, key), offset, n)
+        except ApplianceError as e:
+            return await self._refuse_data(Op.APPLY_DELTA, request_id, e, n)
+        if coefficient == 0:
+            await self.reader.read_into(view)
+        else:
+            delta = bytearray(n)
+            await self.reader.read_into(memoryview(delta))
+            fold(view, delta, coefficient)
+        await send_buffers(self.sock, [pack_header(0, Op.APPLY_DELTA | REPLY, request_id)])
+        self.a.metrics.op("apply_delta", n)
+
+    async def _forward_write(self, length: int, request_id: int) -> None:
+        consumed = 0
+        try:
+            if length < FORWARD_PREFIX.size:
+                raise ProtocolViolation("malformed forward_write")
+            region_id, key, offset, targets_size = FORWARD_PREFIX.unpack(
+                await self.reader.read_bytes(FORWARD_PREFIX.size))
+            consumed = FORWARD_PREFIX.size
+            if targets_size > min(MAX_CONTROL, length - consumed):
+                raise ProtocolViolation("malformed forward_write targets")
+            reader = Reader(await self.reader.read_bytes(targets_size))
+            consumed += targets_size
+            targets = unpack_targets(reader)
+            reader.end()
+            view = check_range(self.a.store.get(region_id, key), offset, length - consumed)
+        except ApplianceError as e:
+            return await self._refuse_data(Op.FORWARD_WRITE, request_id, e, length - consumed)
+        old = bytearray(view) if any(t[3] for t in targets) else None
+        await self.reader.read_into(view)
+        new = bytes(view)  # later writes to the region must not leak into the forwards
+        if old is not None:
+            xor_into(old, [new], accumulate=True)  # old ^ new: the delta
+        failures = await self.a.forwarder.forward(targets, offset, new, old)
+        self.a.metrics.op("forward_write", len(new))
+        if failures:
+            return await self._reply_error(Op.FORWARD_WRITE, request_id, ForwardFailed(
+                "written here, not forwarded to " + "; ".join(failures)))
+        await send_buffers(self.sock, [pack_header(0, Op.FORWARD_WRITE | REPLY, request_id)])
 
     # -- regions -------------------------------------------------------------------
     @staticmethod

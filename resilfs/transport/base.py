@@ -61,6 +61,10 @@ class RecordConflict(ApplianceError):
     """A record compare-and-set found a different generation than expected."""
 
 
+class ForwardFailed(ApplianceError):
+    """A forwarded write reached its own region but not every target (the message names them)."""
+
+
 @dataclass(frozen=True)
 class RegionHandle:
     """Everything a client needs to access a region: where it is and its key."""
@@ -69,6 +73,18 @@ class RegionHandle:
     region_id: int
     size: int
     key: int  # random 64-bit secret, like an RDMA rkey
+
+
+@dataclass(frozen=True)
+class ForwardTarget:
+    """Where an appliance forwards a write (claims 6-8): a region on a peer appliance.
+
+    ``coefficient`` 0 copies the new data verbatim (mirror); 1 XORs the delta (old ^ new) in
+    (parity); 2..255 multiply-accumulates the delta in GF(2^8) (Reed-Solomon parity).
+    """
+
+    region: RegionHandle  # region.appliance is the peer's address, as the appliance reaches it
+    coefficient: int
 
 
 @dataclass(frozen=True)
@@ -147,7 +163,8 @@ class ApplianceClient(ABC):
         """Return (generation, value) of a record, or None if it does not exist."""
 
     @abstractmethod
-    async def record_put(self, owner: str, name: str, value: bytes, expected_generation: int) -> int:
+    async def record_put(self, owner: str, name: str, value: bytes,
+                         expected_generation: int) -> int:
         """Store a record if its generation is ``expected_generation`` (0: must not exist).
 
         Returns the new generation (expected + 1); raises RecordConflict otherwise.
@@ -163,7 +180,8 @@ class ApplianceClient(ABC):
 
     # -- observer: write intents (claim 19) -------------------------------------
     @abstractmethod
-    async def intent_begin(self, owner: str, set_id: str, intent_id: int, extents: Sequence[tuple[int, int]]) -> None:
+    async def intent_begin(self, owner: str, set_id: str, intent_id: int,
+                           extents: Sequence[tuple[int, int]]) -> None:
         """Record that a multi-write to (offset, length) ``extents`` of a set is starting."""
 
     @abstractmethod
@@ -171,8 +189,26 @@ class ApplianceClient(ABC):
         """Record that these multi-writes completed on every member (batched clearing)."""
 
     @abstractmethod
-    async def intent_pending(self, owner: str, set_id: str) -> list[tuple[int, list[tuple[int, int]]]]:
+    async def intent_pending(self, owner: str,
+                             set_id: str) -> list[tuple[int, list[tuple[int, int]]]]:
         """The (intent id, extents) of multi-writes that began and never ended."""
+
+    # -- forwarded writes (claims 6-8) --------------------------------------------
+    @abstractmethod
+    async def forward_write(self, region: RegionHandle, offset: int, data,
+                            targets: Sequence[ForwardTarget]) -> None:
+        """Write ``data`` at ``offset`` of ``region`` on this appliance, which then updates
+        every target at the same offset itself and answers once all of them acknowledged.
+
+        Raises ForwardFailed when the local write happened but a target could not be
+        updated (unreachable, refused); refusals of the local write change nothing.
+        """
+
+    @abstractmethod
+    async def apply_delta(self, region: RegionHandle, offset: int, delta,
+                          coefficient: int) -> None:
+        """Fold ``delta`` into the region at ``offset`` as a forward target would (see
+        ForwardTarget: 0 copies it verbatim, 1 XORs it, others multiply-accumulate it)."""
 
     # -- lifecycle ---------------------------------------------------------------
     @abstractmethod

@@ -26,7 +26,9 @@ import trio
 
 from .. import auth
 from ..protocol import (
+    APPLY_PREFIX,
     DATA_PREFIX,
+    FORWARD_PREFIX,
     MAX_CONTROL,
     MAX_DATA,
     MAX_NAME,
@@ -45,6 +47,7 @@ from ..protocol import (
     error_for,
     pack_extents,
     pack_header,
+    pack_targets,
     unpack_extents,
 )
 from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
@@ -54,6 +57,7 @@ from .base import (
     ApplianceStat,
     ApplianceUnavailable,
     AuthenticationFailed,
+    ForwardTarget,
     OutOfBounds,
     ProtocolViolation,
     RegionHandle,
@@ -411,6 +415,32 @@ class StreamClient(ApplianceClient):
         for batch in _batches(self._vector(ranges, False), lambda r: len(r[2])):
             await self._call(Op.WRITEV, [self._descriptors(batch),
                                          *(view for _, _, view in batch)])
+
+    # -- forwarded writes ------------------------------------------------------------
+    async def forward_write(self, region: RegionHandle, offset: int, data,
+                            targets: Sequence[ForwardTarget]) -> None:
+        view = _byte_view(data)
+        _check_range(region, offset, len(view))
+        for target in targets:
+            if not 0 <= target.coefficient <= 255:
+                raise ValueError(f"coefficient {target.coefficient} is not in GF(2^8)")
+            _check_range(target.region, offset, len(view))
+        described = pack_targets(targets)
+        for start in range(0, max(len(view), 1), MAX_DATA):
+            piece = view[start:start + MAX_DATA]
+            await self._call(Op.FORWARD_WRITE, [FORWARD_PREFIX.pack(
+                region.region_id, region.key, offset + start, len(described)), described, piece])
+
+    async def apply_delta(self, region: RegionHandle, offset: int, delta,
+                          coefficient: int) -> None:
+        view = _byte_view(delta)
+        _check_range(region, offset, len(view))
+        if not 0 <= coefficient <= 255:
+            raise ValueError(f"coefficient {coefficient} is not in GF(2^8)")
+        for start in range(0, max(len(view), 1), MAX_DATA):
+            piece = view[start:start + MAX_DATA]
+            await self._call(Op.APPLY_DELTA, [APPLY_PREFIX.pack(
+                region.region_id, region.key, offset + start, coefficient), piece])
 
     # -- records -------------------------------------------------------------------
     async def record_get(self, owner: str, name: str) -> tuple[int, bytes] | None:

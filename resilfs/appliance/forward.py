@@ -1,0 +1,78 @@
+"""Forwarded writes, the appliance side (claims 6-8): apply a change to peer regions.
+
+``fold`` applies new data or a delta to a region's bytes. ``Forwarder`` keeps one
+authenticated client connection per peer appliance and sends APPLY_DELTA to every target of
+a forwarded write in parallel. Peers answer within ``PEER_TIMEOUT`` (half the clients'
+default timeout), so the forwarding appliance can report a failed target to its client
+before that client's own timeout gives up on it.
+"""
+import logging
+
+import trio
+
+from ..codec import gf_mad, xor_into
+from ..transport.base import DEFAULT_TIMEOUT, ApplianceUnavailable, RegionHandle, TransportError
+from ..transport.tcp import TcpClient
+
+log = logging.getLogger(__name__)
+
+PEER_TIMEOUT = DEFAULT_TIMEOUT / 2
+
+
+def fold(target: memoryview, data, coefficient: int) -> None:
+    """0: copy ``data`` over ``target``; 1: XOR it in; else GF(2^8) multiply-accumulate."""
+    if coefficient == 0:
+        target[:] = data
+    elif coefficient == 1:
+        xor_into(target, [data], accumulate=True)
+    else:
+        gf_mad(target, coefficient, data)
+
+
+class Forwarder:
+    """Client connections from this appliance to its peers, opened on first use."""
+
+    def __init__(self, secret: bytes):
+        self._secret = secret
+        self._clients: dict[str, TcpClient] = {}
+        self._locks: dict[str, trio.Lock] = {}
+
+    async def _client(self, address: str) -> TcpClient:
+        async with self._locks.setdefault(address, trio.Lock()):
+            client = self._clients.get(address)
+            if client is None:
+                client = await TcpClient.create(address, secret=self._secret,
+                                                timeout=PEER_TIMEOUT)
+                self._clients[address] = client
+            return client
+
+    async def forward(self, targets, offset: int, new, delta) -> list[str]:
+        """Apply the write to every (address, region id, key, coefficient) target; return a
+        description of each failure. Cancellation abandons the targets not yet acknowledged.
+        """
+        failures: list[str] = []
+
+        async def one(address: str, region_id: int, key: int, coefficient: int) -> None:
+            # the peer checks the real size; the handle only needs to cover the range
+            region = RegionHandle(address, region_id, offset + len(new), key)
+            try:
+                client = await self._client(address)
+                await client.apply_delta(region, offset, new if coefficient == 0 else delta,
+                                         coefficient)
+            except ApplianceUnavailable as e:
+                self._clients.pop(address, None)
+                failures.append(f"{address} region {region_id}: {e}")
+            except TransportError as e:
+                failures.append(f"{address} region {region_id}: {e}")
+
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                nursery.start_soon(one, *target)
+        for failure in failures:
+            log.warning("forwarded write not applied: %s", failure)
+        return failures
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
