@@ -194,3 +194,34 @@ def test_sigterm_stops_gracefully(launcher, appliance):
     assert launcher.stop(appliance) == 0
     with open(appliance.log_path) as f:
         assert "stopping on SIGTERM" in f.read()
+
+
+async def test_metrics_and_log_lines(launcher):
+    from urllib.request import urlopen
+
+    from resilfs.appliance.launcher import free_port
+    from resilfs.transport.base import OutOfBounds
+
+    metrics_port = free_port()
+    app = launcher.start(1, extra_args=("--metrics", f"127.0.0.1:{metrics_port}"))[0]
+    async with await connect(app.address, secret=launcher.secret) as client:
+        region = await client.alloc(8192, "fs-metrics")
+        await client.write(region, 0, b"x" * 100)
+        await client.read(region, 0, 100)
+        liar = type(region)(region.appliance, region.region_id, 1 << 20, region.key)
+        with pytest.raises(OutOfBounds):  # refused by the appliance, not the client
+            await client.read(liar, 8000, 1000)
+        text = await trio.to_thread.run_sync(
+            lambda: urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read())
+    text = text.decode()
+    for line in ('resilfs_appliance_used_bytes 8192.0', 'resilfs_appliance_regions 1.0',
+                 'resilfs_appliance_connected_clients 1.0',
+                 'resilfs_appliance_ops_total{kind="write"} 1.0',
+                 'resilfs_appliance_bytes_total{kind="read"} 100.0',
+                 'resilfs_appliance_errors_total{error="OutOfBounds"} 1.0'):
+        assert line in text, line
+    assert launcher.stop(app) == 0
+    with open(app.log_path) as f:
+        log = f.read()
+    assert "allocated region" in log and "OutOfBounds refused" in log
+    assert "connection 127.0.0.1:" in log and "closed by client" in log
