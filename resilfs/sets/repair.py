@@ -39,43 +39,49 @@ async def check_run(s: ResiliencySet, stripes: range, repair: bool, report: Scru
     Mirrors are made equal to the first current member; coding chunks are recomputed from
     the data chunks. Stripes without all data chunks current are reported unchecked.
     """
-    cs, k = s.chunk_size, s.k
     async with s.locks.hold(stripes):
-        while True:
-            live = [i for i, m in enumerate(s.members)
-                    if all(m.usable(st) for st in stripes)]
-            bufs = {i: bytearray(len(stripes) * cs) for i in live}
-            base = stripes.start * cs
-            plan = {i: [(s.members[i].handle, base, buf)] for i, buf in bufs.items()}
-            if not await s.transfer(plan, write=False):
-                break
-        if s.mirror:
-            reference = live[0] if live else None
-            expected = {i: bufs[reference] for i in live[1:]} if live else {}
-        elif all(c in live for c in range(k)):
-            codec = s.codec_for(len(stripes) * cs)
-            coding = await s.compute(len(stripes) * cs * k, codec.encode,
-                                     [bufs[c] for c in range(k)])
-            expected = {i: coding[i - k] for i in live if i >= k}
-        else:
-            report.unchecked.extend(stripes)
-            return
-        report.stripes_checked += len(stripes)
-        fixes: dict = {}
-        bad: set[int] = set()
-        for i, want in expected.items():
-            have = memoryview(bufs[i])
-            want = memoryview(want)
-            if have == want:
-                continue
-            for p, st in enumerate(stripes):
-                part = slice(p * cs, (p + 1) * cs)
-                if have[part] != want[part]:
-                    bad.add(st)
-                    fixes.setdefault(i, []).append((s.members[i].handle, st * cs, want[part]))
-        report.mismatched.extend(sorted(bad))
-        if repair and fixes:
-            await s.transfer(fixes, write=True)
+        await check_run_locked(s, stripes, repair, report)
+
+
+async def check_run_locked(s: ResiliencySet, stripes: range, repair: bool,
+                           report: ScrubReport) -> None:
+    """``check_run`` for a caller that holds the stripes' locks."""
+    cs, k = s.chunk_size, s.k
+    while True:
+        live = [i for i, m in enumerate(s.members)
+                if all(m.usable(st) for st in stripes)]
+        bufs = {i: bytearray(len(stripes) * cs) for i in live}
+        base = stripes.start * cs
+        plan = {i: [(s.members[i].handle, base, buf)] for i, buf in bufs.items()}
+        if not await s.transfer(plan, write=False):
+            break
+    if s.mirror:
+        reference = live[0] if live else None
+        expected = {i: bufs[reference] for i in live[1:]} if live else {}
+    elif all(c in live for c in range(k)):
+        codec = s.codec_for(len(stripes) * cs)
+        coding = await s.compute(len(stripes) * cs * k, codec.encode,
+                                 [bufs[c] for c in range(k)])
+        expected = {i: coding[i - k] for i in live if i >= k}
+    else:
+        report.unchecked.extend(stripes)
+        return
+    report.stripes_checked += len(stripes)
+    fixes: dict = {}
+    bad: set[int] = set()
+    for i, want in expected.items():
+        have = memoryview(bufs[i])
+        want = memoryview(want)
+        if have == want:
+            continue
+        for p, st in enumerate(stripes):
+            part = slice(p * cs, (p + 1) * cs)
+            if have[part] != want[part]:
+                bad.add(st)
+                fixes.setdefault(i, []).append((s.members[i].handle, st * cs, want[part]))
+    report.mismatched.extend(sorted(bad))
+    if repair and fixes:
+        await s.transfer(fixes, write=True)
 
 
 async def scrub(s: ResiliencySet, repair: bool = False) -> ScrubReport:

@@ -28,6 +28,7 @@ from ..transport.base import ApplianceClient, ApplianceUnavailable, RegionHandle
 from ..transport.shm import ShmClient
 from . import membership as records
 from .errors import NoPlacement, SetError, SetUnavailable
+from .forward import forward_write
 from .intents import IntentTracker
 from .locks import StripeLocks
 from .membership import FAILED, OK, REBUILDING, Member, Membership
@@ -39,7 +40,7 @@ from .stripewrite import plan_coded_write
 
 log = logging.getLogger(__name__)
 
-WRITE_MODES = ("parallel", "sequential")
+WRITE_MODES = ("parallel", "sequential", "forward")
 # Encode/decode at least this many bytes in a worker thread. Measured (bench_sets.py): the
 # thread hop costs ~65 us, an ec:4+2 encode ~7 us per 64 KiB, so below ~2 MiB the hop
 # costs more than the math it moves off the loop (which then blocks it < 0.3 ms).
@@ -545,15 +546,18 @@ class ResiliencySet:
     async def _write_locked(self, offset: int, view: memoryview, stripes: range) -> None:
         while True:
             self._require(stripes)
-            if self.mirror:
+            if self.write_mode == "forward":
+                failed = await forward_write(self, offset, view, stripes)
+            elif self.mirror:
                 failed = await self._write_mirror(offset, view, stripes)
             else:
                 failed = await self._write_coded(offset, view, stripes)
             if failed is not None:
                 break
-        # failed members missed these stripes: remember, before the ack. (A member that
-        # failed during this write counts even if it was reattached meanwhile; a rebuilding
-        # member got every stripe it is current for, and the others are already dirty.)
+        # failed members, and those the write path says missed it, lack these stripes:
+        # remember, before the ack. (A member that failed during this write counts even if
+        # it was reattached meanwhile; a rebuilding member got every stripe it is current
+        # for, and the others are already dirty.)
         for i, member in enumerate(self.members):
             if member.state == FAILED or i in failed:
                 missed = [s for s in stripes if s not in member.dirty]

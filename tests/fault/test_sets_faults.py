@@ -110,7 +110,7 @@ async def wait_for(predicate, timeout: float = 10) -> None:
 SCHEMES = ["mirror:2", "mirror:3", "parity:4+1", "ec:4+2"]
 
 
-@pytest.mark.parametrize("mode", ["parallel", "sequential", "shm"])
+@pytest.mark.parametrize("mode", ["parallel", "sequential", "forward", "shm"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 async def test_kill_during_writes(cluster, apps, request, scheme, mode):
     """SIGKILL a member's appliance while 4 writers run: nothing acknowledged is lost.
@@ -360,4 +360,40 @@ async def test_scrub_finds_and_repairs_a_corrupted_member(cluster, apps, request
     assert sid not in await list_sets(pool, "fault")
     with pytest.raises(NoSuchRegion):
         await client.lookup(victim.region_id, victim.key)
+    await pool.aclose()
+
+
+@pytest.mark.parametrize("scheme", ["mirror:3", "ec:4+2"])
+async def test_forward_mode_lets_the_cluster_write_the_redundancy(cluster, apps, request,
+                                                                  scheme):
+    """In forward mode the client sends bytes to one member (mirror) or the data members
+    (ec) only; the appliances write the rest, and the members agree."""
+    sent: dict[str, int] = {}
+
+    async def counting_connect(address):
+        client = await connect(address, secret=cluster.secret)
+        for name in ("write", "writev", "forward_write"):
+            method = getattr(client, name)
+
+            async def counted(*args, _method=method, _address=address):
+                sent[_address] = sent.get(_address, 0) + 1
+                return await _method(*args)
+            setattr(client, name, counted)
+        return client
+
+    pool = await AppliancePool.create([a.address for a in cluster.appliances],
+                                      counting_connect)
+    s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", set_id(request),
+                                   chunk_size=CHUNK, write_mode="forward")
+    shadow = Shadow(SIZE)
+    sent.clear()
+    for offset, length in ((0, SIZE), (5000, 300), (s.stripe_size * 3 - 10, 50000)):
+        data = os.urandom(length)
+        await s.write(offset, data)
+        shadow.apply(offset, data)
+    redundancy = s.members[1:] if s.mirror else s.members[s.k:]
+    assert not any(sent.get(m.appliance) for m in redundancy)
+    await shadow.check(s)
+    report = await s.scrub()
+    assert report.mismatched == [] and report.stripes_checked == s.stripes
     await pool.aclose()
