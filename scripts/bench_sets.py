@@ -118,7 +118,7 @@ async def main(launcher, size: int, quick: bool) -> dict:
             connect_one, addresses[0], size)
         pool = await AppliancePool.create(addresses, connect_one)
         for scheme, chunk in SCHEMES:
-            for mode in ("parallel",) if quick else ("parallel", "sequential"):
+            for mode in ("parallel",) if quick else ("parallel", "sequential", "forward"):
                 await set_figures(pool, scheme, chunk, mode, size, label, results)
         for scheme, chunk in (("mirror:2", MiB), ("ec:4+2", 256 << 10)):
             await degraded_and_rebuild(launcher, pool, scheme, chunk, size, label, results)
