@@ -247,9 +247,9 @@ from resilfs.sets import AppliancePool, ResiliencySet
 from resilfs.transport import connect
 from resilfs.transport.base import NoSuchRegion
 
-async def main(addresses, secret, set_id):
+async def main(addresses, secret, set_id, mode):
     pool = await AppliancePool.create(addresses, functools.partial(connect, secret=secret))
-    s = await ResiliencySet.open(pool, "fault", set_id, write_mode="sequential")
+    s = await ResiliencySet.open(pool, "fault", set_id, write_mode=mode)
     rng = random.Random(1)
     n = 0
     while True:
@@ -260,19 +260,20 @@ async def main(addresses, secret, set_id):
             print("writing", flush=True)
 
 addresses, secret, set_id = sys.argv[1].split(","), bytes.fromhex(sys.argv[2]), sys.argv[3]
-trio.run(main, addresses, secret, set_id)
+trio.run(main, addresses, secret, set_id, sys.argv[4])
 """
 
 
-@pytest.mark.parametrize("scheme", ["mirror:3", "ec:4+2"])
-async def test_writer_killed_mid_multiwrite_then_resync(cluster, apps, request, scheme):
+@pytest.mark.parametrize("scheme,mode", [("mirror:3", "sequential"), ("ec:4+2", "sequential"),
+                                         ("ec:4+2", "forward"), ("parity:4+1", "parallel")])
+async def test_writer_killed_mid_multiwrite_then_resync(cluster, apps, request, scheme, mode):
     pool = await make_pool(cluster)
     sid = set_id(request)
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", sid, chunk_size=CHUNK)
     await s.close()
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, ",".join(a.address for a in cluster.appliances),
-         cluster.secret.hex(), sid], stdout=subprocess.PIPE, start_new_session=True)
+         cluster.secret.hex(), sid, mode], stdout=subprocess.PIPE, start_new_session=True)
     try:
         with trio.fail_after(30):
             line = await trio.to_thread.run_sync(proc.stdout.readline)
@@ -397,3 +398,47 @@ async def test_forward_mode_lets_the_cluster_write_the_redundancy(cluster, apps,
     report = await s.scrub()
     assert report.mismatched == [] and report.stripes_checked == s.stripes
     await pool.aclose()
+
+
+@pytest.mark.parametrize("scheme", ["mirror:3", "ec:4+2"])
+async def test_torn_multiwrite_is_resynced_at_open(cluster, apps, request, scheme):
+    """A writer stops for good after some members took a write (here: the write to the
+    last member hangs and the writer is abandoned). The members disagree; the next
+    opener learns it from the observers and resyncs exactly those stripes."""
+    hang: set[str] = set()
+
+    async def hanging_connect(address):
+        client = await connect(address, secret=cluster.secret)
+        for name in ("write", "writev"):
+            method = getattr(client, name)
+
+            async def maybe_hang(*args, _method=method, _address=address):
+                if _address in hang:
+                    await trio.sleep_forever()
+                return await _method(*args)
+            setattr(client, name, maybe_hang)
+        return client
+
+    writer_pool = await AppliancePool.create([a.address for a in cluster.appliances],
+                                             hanging_connect)
+    sid = set_id(request)
+    s = await ResiliencySet.create(writer_pool, scheme, None, SIZE, "fault", sid,
+                                   chunk_size=CHUNK, write_mode="sequential", intent_granule=4)
+    await s.write(0, b"\0" * SIZE)
+    await s.intents.end_idle(everything=True)  # as after a while without writes
+    hang.add(s.members[-1].appliance)
+    torn = 7 * s.stripe_size
+    with trio.move_on_after(0.3):  # the writer "dies" inside the multi-write
+        await s.write(torn, os.urandom(s.stripe_size))
+    pool = await make_pool(cluster)
+    reader = ResiliencySet(pool, s.membership, s.codec, {})
+    report = await reader.scrub()  # a reader that skips the resync sees the tear
+    assert report.mismatched == [7]
+    s2 = await ResiliencySet.open(pool, "fault", sid)
+    assert s2.resynced_stripes == 4  # the open granule (stripes 4..7), nothing more
+    report = await s2.scrub()
+    assert report.mismatched == [] and report.stripes_checked == s2.stripes
+    await s2.close()
+    await pool.aclose()
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        await writer_pool.aclose()
