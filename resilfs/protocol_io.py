@@ -69,23 +69,47 @@ class FrameReader:
                 raise ConnectionClosed("connection closed by peer")
             self._end += got
 
-    async def _recv_into(self, view, wait_limit: bool = True) -> int:
-        while True:
-            try:
-                if self._fds is None:
-                    return self._sock.recv_into(view)
-                got, ancdata, _flags, _addr = self._sock.recvmsg_into(
-                    [view], socket.CMSG_SPACE(4 * 4))
-                break
-            except BlockingIOError:
-                await _wait(trio.lowlevel.wait_readable, self._sock,
-                            self._timeout if wait_limit else None)
+    def _recv_now(self, view) -> int:
+        """One non-blocking receive (BlockingIOError if nothing is there)."""
+        if self._fds is None:
+            return self._sock.recv_into(view)
+        got, ancdata, _flags, _addr = self._sock.recvmsg_into([view], socket.CMSG_SPACE(4 * 4))
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(data) - len(data) % 4
                 self._fds.extend(int.from_bytes(data[i:i + 4], "little")
                                  for i in range(0, usable, 4))
         return got
+
+    async def _recv_into(self, view, wait_limit: bool = True) -> int:
+        while True:
+            try:
+                return self._recv_now(view)
+            except BlockingIOError:
+                await _wait(trio.lowlevel.wait_readable, self._sock,
+                            self._timeout if wait_limit else None)
+
+    def fill_nowait(self) -> bool:
+        """Buffer whatever has arrived, without blocking; True if anything is buffered."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        if self._end < len(self._buf):
+            try:
+                got = self._recv_now(self._view[self._end:])
+            except BlockingIOError:
+                return self._end > self._start
+            if not got:
+                raise ConnectionClosed("connection closed by peer")
+            self._end += got
+        return self._end > self._start
+
+    def frame_buffered(self) -> bool:
+        """Whether the next frame is entirely in the buffer (reading it will not block)."""
+        n = self._end - self._start
+        if n < HEADER_SIZE:
+            return False
+        return n >= HEADER_SIZE + int.from_bytes(self._view[self._start:self._start + 4],
+                                                 "little")
 
     def buffered(self) -> int:
         """Bytes received and not yet consumed."""

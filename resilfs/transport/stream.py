@@ -69,6 +69,16 @@ log = logging.getLogger(__name__)
 FD_OPS = (Op.SHM_TABLE | REPLY, Op.SHM_MAP | REPLY)
 
 
+def _run_without_blocking(coroutine) -> None:
+    """Run a coroutine that cannot block (its data is buffered) to its end, right here."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("a buffered frame read tried to block")
+
+
 class _Pending:
     __slots__ = ("event", "status", "payload", "dest", "dest_len", "start", "fd", "waiting")
 
@@ -193,15 +203,19 @@ class StreamClient(ApplianceClient):
                     if (self.poll_before_park
                             and not trio.lowlevel.current_statistics().tasks_runnable):
                         self._poller.poll(self.poll_before_park)
-                    oldest = next(iter(self._pending.values()), mine).start
-                    deadline = max(oldest, self._last_progress) + self.timeout
-                    with trio.move_on_at(deadline) as scope:
-                        await self._reader.wait_data()
-                    if scope.cancelled_caught:
-                        self._fail(f"no answer within {self.timeout} s")
-                        return
-                with trio.CancelScope(shield=True):
-                    await self._read_frame()
+                    if not self._reader.fill_nowait():
+                        oldest = next(iter(self._pending.values()), mine).start
+                        deadline = max(oldest, self._last_progress) + self.timeout
+                        with trio.move_on_at(deadline) as scope:
+                            await self._reader.wait_data()
+                        if scope.cancelled_caught:
+                            self._fail(f"no answer within {self.timeout} s")
+                            return
+                if self._reader.frame_buffered():
+                    _run_without_blocking(self._read_frame())
+                else:
+                    with trio.CancelScope(shield=True):
+                        await self._read_frame()
                 self._last_progress = trio.current_time()
         except (ConnectionClosed, trio.ClosedResourceError):
             self._fail("connection closed")
