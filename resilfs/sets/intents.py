@@ -64,7 +64,8 @@ class IntentTracker:
                 if intent is not None:
                     intent.inflight += 1
                     entered.append(intent)
-                    await intent.ready.wait()
+                    if not intent.ready.is_set():  # its begin is still on the way
+                        await intent.ready.wait()
                     if intent.failed is not None:
                         raise intent.failed
                     continue

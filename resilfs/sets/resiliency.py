@@ -249,6 +249,8 @@ class ResiliencySet:
 
     def _require(self, stripes: range) -> None:
         """SetUnavailable unless every stripe has at least K current members."""
+        if all(m.state == OK and not m.dirty for m in self.members):
+            return
         for s in stripes:
             if len(self.usable(s)) < self.k:
                 lost = [i for i, m in enumerate(self.members) if not m.usable(s)]
