@@ -20,7 +20,7 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from resilfs.fs.kernel import fuse_options, raise_read_ahead  # noqa: E402
+from resilfs.fs.kernel import fuse_options, tune_when_ready  # noqa: E402
 
 log = logging.getLogger("baseline_ramfs")
 
@@ -260,7 +260,7 @@ class RamFS(pyfuse3.Operations):
 async def _serve(mountpoint):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pyfuse3.main)
-        await trio.to_thread.run_sync(raise_read_ahead, mountpoint)
+        await trio.to_thread.run_sync(tune_when_ready, mountpoint, abandon_on_cancel=True)
 
 
 def main(args=None) -> int:

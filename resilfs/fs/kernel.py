@@ -29,13 +29,23 @@ def fuse_options(fsname: str, extra=()) -> set[str]:
     return options
 
 
+def tune_when_ready(mountpoint: str, kilobytes: int = READ_AHEAD_KB) -> bool:
+    """Wait until the mount answers, then raise its read-ahead; return whether that worked.
+
+    Blocking: run it in a thread while the FUSE main loop runs. The kernel sets the bdi's
+    read-ahead from the daemon's answer to FUSE_INIT, so a value written before that answer
+    is overwritten; a stat() of the mount point returns only after it.
+    """
+    os.stat(mountpoint)
+    return raise_read_ahead(mountpoint, kilobytes)
+
+
 def raise_read_ahead(mountpoint: str, kilobytes: int = READ_AHEAD_KB) -> bool:
     """Set ``read_ahead_kb`` on the mount's bdi; return whether it worked.
 
-    Call after ``pyfuse3.init`` (the kernel creates the bdi at mount time). The device is
-    found in /proc/self/mountinfo, not by stat(), which would send a FUSE request and block
-    a daemon whose main loop is not running yet. Failure (not mounted, no permission, no
-    sysfs) only costs read speed: it is logged and False is returned.
+    Call after FUSE_INIT was answered (see ``tune_when_ready``). The device is found in
+    /proc/self/mountinfo. Failure (not mounted, no permission, no sysfs) only costs read
+    speed: it is logged and False is returned.
     """
     device = mount_device(mountpoint)
     if device is None:

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
+from functools import partial
 
 import pyfuse3
 import trio
@@ -27,7 +28,7 @@ from .errors import FsError
 from .journal import Journal, JournalStore, JournalWorker
 from .journal_appliance import ApplianceJournalStore
 from .journal_dir import DirJournalStore
-from .kernel import fuse_options, raise_read_ahead
+from .kernel import fuse_options, tune_when_ready
 from .metadata import Metadata
 from .operations import Operations
 
@@ -110,7 +111,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
                 nursery.start_soon(signals.run)
-                await trio.to_thread.run_sync(raise_read_ahead, mountpoint)
+                nursery.start_soon(partial(trio.to_thread.run_sync, tune_when_ready,
+                                           mountpoint, abandon_on_cancel=True))
                 task_status.started()
                 log.info("mounted %s on %s (%s)", cluster.name, mountpoint, fmt.scheme)
                 await pyfuse3.main()
