@@ -1,5 +1,8 @@
 """The rebuild worker: restores redundancy of degraded sets in the background (claim 20).
 
+It also ends the sets' idle write intents on each pass, so their clearing does not wait
+for the next write.
+
 One worker serves every set of a mount. Per failed member it first tries to take the same
 region back (appliance returned with its persist dir: only the stripes it missed are
 copied); after ``replace_after`` seconds, or at once if the region is gone, it allocates
@@ -66,6 +69,7 @@ class RebuildWorker:
                 for s in list(self._sets.values()):
                     try:
                         busy |= await self._work(s)
+                        await s.intents.end_idle()  # batched clearing while writes pause
                     except (SetError, TransportError) as e:
                         log.warning("rebuild of set %s: %s", s.set_id, e)
                 if not busy:

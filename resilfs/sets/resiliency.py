@@ -162,8 +162,12 @@ class ResiliencySet:
             codec = make_codec(membership.scheme, membership.chunk_size, membership.backend)
         s = cls(pool, membership, codec, generations, write_mode=write_mode, **options)
         for i, member in enumerate(membership.members):
+            pool.add(member.appliance)  # a member the cluster list does not name yet
             if member.state != FAILED and not pool.is_up(member.appliance):
-                s._mark_failed(i, "did not answer at open")
+                try:
+                    await pool.client(member.appliance)
+                except TransportError:
+                    s._mark_failed(i, "did not answer at open")
         if s.lost > s.scheme.tolerance:
             raise SetUnavailable(f"set {set_id!r}: {s.lost} of {s.width} members lost, "
                                  f"{s.scheme} tolerates {s.scheme.tolerance}")
