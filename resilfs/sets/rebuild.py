@@ -19,6 +19,7 @@ worker logs it and tries again on a later pass. ``stop()`` cancels it between or
 steps; a cancelled step leaves its stripes dirty and they are redone later.
 """
 import logging
+import zlib
 
 import trio
 
@@ -101,7 +102,9 @@ class RebuildWorker:
         if outcome == "down" and not overdue:
             return
         in_set = {m.appliance for i, m in enumerate(s.members) if i != index}
-        for address in s.pool.addresses:
+        candidates = s.pool.addresses
+        start = zlib.crc32(f"{s.owner}/{s.set_id}/{index}".encode()) % len(candidates)
+        for address in candidates[start:] + candidates[:start]:  # spread replacements
             if address in in_set or (address == member.appliance and outcome == "down"):
                 continue
             try:

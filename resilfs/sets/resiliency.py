@@ -122,6 +122,9 @@ class ResiliencySet:
             codec = make_codec(scheme, chunk_size)
         if size < 1:
             raise SetError(f"set size must be positive, got {size}")
+        if codec.scheme != scheme or write_mode not in WRITE_MODES:
+            raise SetError(f"codec {codec.scheme} for a {scheme} set, or unknown write mode "
+                           f"{write_mode!r}")
         stripe_size = scheme.data_chunks * codec.chunk_size
         region_size = math.ceil(size / stripe_size) * codec.chunk_size
         candidates = list(appliances) if appliances is not None else list(pool.addresses)
@@ -353,6 +356,8 @@ class ResiliencySet:
     # -- helpers ----------------------------------------------------------------------
 
     def _check_range(self, offset: int, length: int) -> None:
+        if self._closed:
+            raise SetError(f"set {self.set_id!r} is closed")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise SetError(f"range {offset}+{length} is outside set {self.set_id!r} of "
                            f"{self.size} bytes")
