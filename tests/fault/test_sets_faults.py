@@ -442,3 +442,26 @@ async def test_torn_multiwrite_is_resynced_at_open(cluster, apps, request, schem
     await pool.aclose()
     with trio.CancelScope(shield=True), trio.move_on_after(2):
         await writer_pool.aclose()
+
+
+async def test_lost_region_is_replaced_at_once(cluster, apps, request):
+    """An appliance that answers but lost the region (restarted without its memory, or the
+    region freed) is not waited for: the member is replaced and rebuilt whole."""
+    pool = await make_pool(cluster)
+    s = await ResiliencySet.create(pool, "parity:4+1", None, SIZE, "fault", set_id(request),
+                                   chunk_size=CHUNK)
+    shadow = Shadow(SIZE)
+    data = os.urandom(SIZE)
+    await s.write(0, data)
+    shadow.apply(0, data)
+    lost = s.members[4]
+    await (await pool.client(lost.appliance)).free(lost.handle)
+    await s.write(100, b"after")  # the parity member refuses: failed
+    shadow.apply(100, b"after")
+    assert s.status().failed == (4,)
+    await rebuild_until_healthy(s, replace_after=60, timeout=10)
+    assert s.members[4].region_id != lost.region_id or s.members[4].appliance != lost.appliance
+    assert s.rebuilt_bytes == s.stripes * CHUNK
+    await shadow.check(s)
+    assert (await s.scrub()).mismatched == []
+    await pool.aclose()
