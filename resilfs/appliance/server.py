@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT = 10.0  # seconds a new connection has to authenticate
 MAX_CONNECTIONS = 256
 FRAMES_PER_CHECKPOINT = 16  # frames served without blocking before yielding to others
+BLOCK_BEFORE_PARK = 0.0002  # seconds; see FrameReader.wait_briefly
 
 
 class Appliance:
@@ -127,7 +128,7 @@ class Connection:
         self.sock = sock
         self.peer = peer
         self.local = local
-        self.reader = FrameReader(sock)
+        self.reader = FrameReader(sock, block=BLOCK_BEFORE_PARK)
         self.ops = 0
         self.authenticated = False
         self.data_ops = {Op.READ: self._read, Op.WRITE: self._write, Op.READV: self._readv,

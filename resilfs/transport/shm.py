@@ -24,6 +24,7 @@ completes, into memory that nobody will read.
 import mmap
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -34,6 +35,7 @@ from .base import NoSuchRegion, RegionHandle
 from .stream import StreamClient, _byte_view, _check_range, finite_timeout, open_socket
 
 MAX_MAPPINGS = 1024  # regions kept mapped at once (least recently used are unmapped)
+YIELD_EVERY = 0.001  # seconds of back-to-back copies before yielding to other trio tasks
 
 
 class _Mapping:
@@ -76,6 +78,7 @@ class ShmClient(StreamClient):
             raise
         client._status = memoryview(client._status_map).cast("Q")
         client._mappings: OrderedDict[tuple[int, int], _Mapping] = OrderedDict()
+        client._last_yield = time.perf_counter()
         return client
 
     async def _mapping(self, region: RegionHandle) -> _Mapping:
@@ -97,9 +100,22 @@ class ShmClient(StreamClient):
                 self._mappings.popitem(last=False)[1].close()
         else:
             self._mappings.move_to_end(ref)
-            await trio.lowlevel.checkpoint()
+            await self._checkpoint()
         self._check_live(ref, mapping)
         return mapping
+
+    async def _checkpoint(self) -> None:
+        """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
+
+        A full trio checkpoint costs as much as copying ~100 KiB here, so copies do not
+        yield every time; other tasks still run at least once a millisecond.
+        """
+        now = time.perf_counter()
+        if now - self._last_yield >= YIELD_EVERY:
+            self._last_yield = now
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     def _check_live(self, ref: tuple[int, int], mapping: _Mapping) -> None:
         if self._dead is not None:

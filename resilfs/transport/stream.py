@@ -18,7 +18,6 @@ request breaks the framing, so the connection is closed.
 import logging
 import math
 import os
-import select
 import socket
 from collections.abc import Sequence
 
@@ -66,6 +65,7 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
+PEEK_NOWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 FD_OPS = (Op.SHM_TABLE | REPLY, Op.SHM_MAP | REPLY)
 
 
@@ -125,14 +125,14 @@ def _batches(ranges, length_of):
 class StreamClient(ApplianceClient):
     """An authenticated, pipelined connection to one appliance over a trio socket.
 
-    ``poll_before_park`` (milliseconds, 0 disables): when a call must wait for its reply and
-    no other trio task is runnable, it first waits for the socket in a blocking poll() of at
+    ``block_before_park`` (seconds, 0 disables): when a call must wait for its reply and no
+    other trio task is runnable, it first waits for the socket in a blocking select() of at
     most that long, rather than parking in trio's scheduler, whose sleep and wake-up cost
     several times a loopback round trip (MEASURED.md). Other trio I/O is then noticed at
     most that much later.
     """
 
-    poll_before_park = 1
+    block_before_park = 0.001
 
     def __init__(self, address: str, sock, timeout: float, *, unix: bool = False):
         self.address = address
@@ -140,7 +140,8 @@ class StreamClient(ApplianceClient):
         self.timeout = timeout
         self._sock = sock
         self._fds: list[int] | None = [] if unix else None
-        self._reader = FrameReader(sock, fds=self._fds, timeout=timeout)
+        self._reader = FrameReader(sock, fds=self._fds, timeout=timeout,
+                                   block=self.block_before_park)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
         self._sending = False  # a call is sending a request
@@ -148,8 +149,6 @@ class StreamClient(ApplianceClient):
         self._reading = False  # a waiter is reading replies
         self._dead: str | None = None
         self._last_progress = 0.0
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
 
     # -- connection setup ----------------------------------------------------------
     async def _handshake(self, secret: bytes) -> None:
@@ -200,9 +199,7 @@ class StreamClient(ApplianceClient):
         try:
             while mine.status is None and self._dead is None:
                 if not self._reader.buffered():
-                    if (self.poll_before_park
-                            and not trio.lowlevel.current_statistics().tasks_runnable):
-                        self._poller.poll(self.poll_before_park)
+                    self._reader.wait_briefly()
                     if not self._reader.fill_nowait():
                         oldest = next(iter(self._pending.values()), mine).start
                         deadline = max(oldest, self._last_progress) + self.timeout
@@ -261,7 +258,7 @@ class StreamClient(ApplianceClient):
         if self._dead is not None or self._reading or self._reader.buffered():
             return
         try:
-            if self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+            if self._sock.recv(1, PEEK_NOWAIT):
                 return
         except BlockingIOError:
             return
