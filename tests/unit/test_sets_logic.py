@@ -120,3 +120,14 @@ def test_member_states():
     assert m.state == OK and m.usable(0)
     m.dirty.add(0)
     assert not m.usable(0) and m.usable(1)
+
+
+def test_scratch_reuses_and_stays_bounded():
+    from resilfs.sets.scratch import MIN_SIZE, Scratch
+    cache = Scratch(limit=4 * MIN_SIZE)
+    a = cache.take(MIN_SIZE)
+    cache.give(a)
+    assert cache.take(MIN_SIZE) is a
+    cache.give(bytearray(10))  # small: not kept
+    cache.give(*[bytearray(MIN_SIZE) for _ in range(6)])
+    assert cache.held == 4 * MIN_SIZE
