@@ -98,12 +98,12 @@ class FrameReader:
             return False
         return bool(select.select([self._sock], [], [], self._block)[0])
 
-    async def _recv_into(self, view, wait_limit: bool = True) -> int:
+    async def _recv_into(self, view, wait_limit: bool = True, bulk: bool = False) -> int:
         while True:
             try:
                 return self._recv_now(view)
             except BlockingIOError:
-                if self.wait_briefly():
+                if bulk and self.wait_briefly():  # the rest of a payload is on its way
                     continue
                 await _wait(trio.lowlevel.wait_readable, self._sock,
                             self._timeout if wait_limit else None)
@@ -171,7 +171,7 @@ class FrameReader:
         pos = take
         while pos < n:
             if n - pos >= DIRECT_THRESHOLD:
-                got = await self._recv_into(dest[pos:])
+                got = await self._recv_into(dest[pos:], bulk=True)
                 if not got:
                     raise ConnectionClosed("connection closed by peer")
                 pos += got

@@ -164,7 +164,7 @@ def main() -> int:
                         help="4 KiB operations per latency run (default 3000)")
     parser.add_argument("--depth", type=int, default=4,
                         help="1 MiB operations in flight (default 4)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
     opts = parser.parse_args()
     total = opts.total_mib * MiB
 
