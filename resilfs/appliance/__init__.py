@@ -1,0 +1,1 @@
+"""The memory appliance: regions, records, intents, server, forwarding, metrics, launcher."""
