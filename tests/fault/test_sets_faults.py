@@ -170,11 +170,12 @@ async def test_ec_survives_two_kills_third_is_a_clear_error(cluster, apps, reque
     await pool.aclose()
 
 
-async def test_rebuild_concurrent_with_writes_to_same_stripes(cluster, apps, request):
+@pytest.mark.parametrize("mode", ["parallel", "forward"])
+async def test_rebuild_concurrent_with_writes_to_same_stripes(cluster, apps, request, mode):
     """A slow rebuild while writers hit every stripe: nothing lost, members agree after."""
     pool = await make_pool(cluster)
     s = await ResiliencySet.create(pool, "parity:4+1", None, SIZE, "fault", set_id(request),
-                                   chunk_size=CHUNK)
+                                   chunk_size=CHUNK, write_mode=mode)
     shadow = Shadow(SIZE)
     data = os.urandom(SIZE)
     await s.write(0, data)
