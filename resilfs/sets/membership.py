@@ -166,7 +166,7 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
         try:
             if address not in generations:
                 got = await client.record_get(membership.owner, name)
-                if got is not None and Membership.from_bytes(got[1]).epoch > membership.epoch:
+                if got is not None and _epoch(got[1]) > membership.epoch:
                     conflicts.append(f"{address} holds a newer epoch")
                     return
                 generations[address] = got[0] if got else 0
@@ -193,6 +193,14 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
         raise SetConflict(f"set {membership.set_id!r} was changed by another client: "
                           + "; ".join(conflicts))
     return [a for a in failed if a in addresses]
+
+
+def _epoch(value: bytes) -> int:
+    """The epoch of a stored record; -1 for an unreadable one (it gets overwritten)."""
+    try:
+        return Membership.from_bytes(value).epoch
+    except ValueError:
+        return -1
 
 
 async def list_sets(pool: AppliancePool, owner: str) -> list[str]:
