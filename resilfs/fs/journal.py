@@ -78,10 +78,12 @@ class Journal:
                 raise records.CorruptRecord("checkpoint does not start with the resilfs magic")
             for record in records.decode(memoryview(blob)[len(CHECKPOINT_MAGIC):]):
                 state.apply(record)
+            state.allocator.release(state.allocator.seal())
         for batch in batches:
             for record in records.decode(batch):
                 state.apply(record)
-        state.allocator.release(state.allocator.seal())
+            # space freed in a durable batch was reusable by the next one, as when live
+            state.allocator.release(state.allocator.seal())
         journal = cls(store, state)
         journal._checkpoint_bytes = len(blob or b"")
         journal._appended_bytes = sum(len(b) for b in batches)

@@ -268,7 +268,10 @@ class Metadata:
 
     def written(self, ino: int, end: int) -> None:
         """Data was written up to ``end``: the size grows to it, mtime and ctime are now."""
-        self.journal.record((Op.WRITTEN, ino, end, now_ns()))
+        # the record carries the resulting size, not ``end``: it may replace the queued
+        # WRITTEN record before it (Journal.record), which must not shrink the file
+        size = max(self.inode(ino).size, end)
+        self.journal.record((Op.WRITTEN, ino, size, now_ns()))
 
     # -- extended attributes -----------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:

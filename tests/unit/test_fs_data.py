@@ -61,7 +61,7 @@ ops = st.lists(st.tuples(st.sampled_from(["write", "read", "truncate", "recreate
                max_size=40)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops, st.randoms(use_true_random=False))
 def test_files_match_model(sequence, rnd):
     with tempfile.TemporaryDirectory() as path:

@@ -108,7 +108,7 @@ def run_op(md: Metadata, op, opened: list, known: list) -> None:
         md.setattr(inodes[i % len(inodes)], mode=x & 0o7777, uid=j)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
 def test_replay_equals_live_state(sequence):
     with tempfile.TemporaryDirectory() as path:
