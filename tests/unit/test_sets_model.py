@@ -6,10 +6,12 @@ raise ApplianceUnavailable, like a dead appliance. Hypothesis drives the sequenc
 """
 import itertools
 
+import numpy as np
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from resilfs.appliance.forward import fold
 from resilfs.scheme import Scheme
 from resilfs.sets import AppliancePool, ResiliencySet, SetUnavailable
 from resilfs.sets.membership import FAILED
@@ -18,6 +20,7 @@ from resilfs.transport.base import (
     ApplianceClient,
     ApplianceError,
     ApplianceUnavailable,
+    ForwardFailed,
     NoSuchRegion,
     RecordConflict,
     RegionHandle,
@@ -28,8 +31,9 @@ SIZE = 16 * 1024
 
 
 class Fake(ApplianceClient):
-    def __init__(self, address: str):
+    def __init__(self, address: str, peers: dict):
         self.address = address
+        self.peers = peers
         self.down = False
         self.regions_: dict[int, bytearray] = {}
         self.records: dict[tuple[str, str], tuple[int, bytes]] = {}
@@ -123,7 +127,23 @@ class Fake(ApplianceClient):
         return sorted(self.intents.get((owner, set_id), {}).items())
 
     async def forward_write(self, region, offset, data, targets):
-        raise ApplianceError("not faked")
+        """Write here, then fold the new bytes (coefficient 0) or the delta into each
+        target, as an appliance does; ForwardFailed if a target is down."""
+        await self._check()
+        new = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8).copy()
+        mine = self._region(region)
+        delta = np.frombuffer(mine, dtype=np.uint8)[offset:offset + len(new)] ^ new
+        mine[offset:offset + len(new)] = new.tobytes()
+        failed = []
+        for target in targets:
+            peer = self.peers[target.region.appliance]
+            if peer.down:
+                failed.append(target.region.appliance)
+                continue
+            view = memoryview(peer._region(target.region))[offset:offset + len(new)]
+            fold(view, new if target.coefficient == 0 else delta, target.coefficient)
+        if failed:
+            raise ForwardFailed(f"targets {failed} failed")
 
     async def apply_delta(self, region, offset, delta, coefficient):
         raise ApplianceError("not faked")
@@ -144,13 +164,14 @@ ops = st.lists(st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scheme=st.sampled_from(["mirror:2", "mirror:3", "parity:3+1", "ec:3+2"]), ops=ops,
-       mode=st.sampled_from(["parallel", "sequential"]))
+       mode=st.sampled_from(["parallel", "sequential", "forward"]))
 def test_sets_match_the_model(scheme, ops, mode):
     trio.run(_run, scheme, ops, mode)
 
 
 async def _run(scheme, ops, mode):
-    fakes = {f"fake:{i}": Fake(f"fake:{i}") for i in range(6)}
+    fakes: dict[str, Fake] = {}
+    fakes.update({f"fake:{i}": Fake(f"fake:{i}", fakes) for i in range(6)})
 
     async def connect(address):
         if fakes[address].down:
