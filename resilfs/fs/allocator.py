@@ -95,12 +95,14 @@ class Allocator:
         return sum(space.free_bytes() for space in self._sets.values())
 
     # -- allocation ------------------------------------------------------------
-    def reserve(self, length: int, hint=None) -> list[tuple[int, int, int]]:
+    def reserve(self, length: int, hint=None, align: tuple[int, int] | None = None):
         """Reserve ``length`` bytes as ``(set_id, offset, length)`` pieces, contiguous if possible.
 
         ``hint`` (set id, offset) is tried first so that a growing file stays contiguous;
-        then the first free range that holds the rest; then pieces of several ranges.
-        Raises OutOfSpace, reserving nothing, when the sets cannot hold ``length`` bytes.
+        then the first free range that holds the rest at an offset ``o`` with
+        ``o % align[0] == align[1]`` (if ``align``: stripe alignment for coded sets); then
+        any free range that holds it; then pieces of several ranges. Raises OutOfSpace,
+        reserving nothing, when the sets cannot hold ``length`` bytes.
         """
         if self.free_bytes() < length:
             raise OutOfSpace(f"no room for {length} bytes")
@@ -114,7 +116,7 @@ class Allocator:
                     pieces.append(self._take(hint[0], hint[1], min(avail, length)))
                     length -= pieces[-1][2]
         if length:
-            fit = self._first_fit(length)
+            fit = (self._first_fit(length, align) if align else None) or self._first_fit(length)
             if fit is not None:
                 pieces.append(self._take(fit[0], fit[1], length))
                 length = 0
@@ -130,12 +132,17 @@ class Allocator:
         self._reserved.add(piece)
         return piece
 
-    def _first_fit(self, length: int) -> tuple[int, int, int] | None:
-        """The first free range of at least ``length`` bytes, as (set id, start, its length)."""
+    def _first_fit(self, length: int, align: tuple[int, int] | None = None):
+        """The first free place for ``length`` bytes (at ``align`` if given), as
+        (set id, start, bytes free from start); None if there is none."""
         for set_id, space in self._sets.items():
             for start in space.starts:
-                if space.free[start] >= length:
-                    return set_id, start, space.free[start]
+                end = start + space.free[start]
+                if align is not None:
+                    modulus, residue = align
+                    start += (residue - start) % modulus
+                if end - start >= length:
+                    return set_id, start, end - start
         return None
 
     def cancel(self, pieces) -> None:

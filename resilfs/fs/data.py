@@ -83,10 +83,14 @@ class _Buffers:
 class FileData:
     """Reads, writes and truncates the data of regular files."""
 
-    def __init__(self, metadata: Metadata, backing: Backing, set_size: int = DEFAULT_SET_SIZE):
+    def __init__(self, metadata: Metadata, backing: Backing, set_size: int = DEFAULT_SET_SIZE,
+                 stripe_size: int = PAGE):
         self.metadata = metadata
         self.backing = backing
         self.set_size = set_size
+        # holes of at least a stripe are placed at set offsets congruent to their file
+        # offsets modulo the stripe, so stripe-aligned file writes are full-stripe writes
+        self.stripe_size = stripe_size
         self._buffers = _Buffers()
         self._zeros = bytes(MAX_REQUEST)
         self._alloc_locks: dict[int, trio.Lock] = {}
@@ -183,10 +187,13 @@ class FileData:
         """Reserve space for a hole, right after the preceding extent if possible."""
         before = node.extents.before(file_offset)
         hint = (before[2], before[3] + file_offset - before[0]) if before else None
+        align = None
+        if self.stripe_size > PAGE and length >= self.stripe_size:
+            align = (self.stripe_size, file_offset % self.stripe_size)
         allocator = self.metadata.state.allocator
         while True:
             try:
-                return allocator.reserve(length, hint)
+                return allocator.reserve(length, hint, align)
             except OutOfSpace:
                 await self._grow(length)
 

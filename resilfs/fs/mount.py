@@ -20,11 +20,13 @@ from functools import partial
 import pyfuse3
 import trio
 
+from ..scheme import Scheme
 from ..sets import RebuildWorker
 from .backing import SetBacking
 from .cluster import Cluster
 from .data import FileData
 from .errors import FsError
+from .extents import PAGE
 from .journal import Journal, JournalStore, JournalWorker
 from .journal_appliance import ApplianceJournalStore
 from .journal_dir import DirJournalStore
@@ -99,7 +101,9 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         backing = SetBacking(pool, cluster.name, fmt.scheme, write_mode=write_mode,
                              chunk_size=fmt.chunk_size, rebuild=rebuild)
         stack.push_async_callback(backing.aclose)
-        data = FileData(metadata, backing, fmt.set_size)
+        scheme = Scheme.parse(fmt.scheme)
+        stripe = fmt.chunk_size * scheme.data_chunks if scheme.data_chunks > 1 else PAGE
+        data = FileData(metadata, backing, fmt.set_size, stripe)
         operations = Operations(metadata, data, journal)
         worker = JournalWorker(journal, commit_interval)
 

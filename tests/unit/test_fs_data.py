@@ -53,7 +53,7 @@ async def setup(path):
     journal = await Journal.load(DirJournalStore(path))
     Metadata.format(journal, 0, 0)
     md = Metadata(journal)
-    return md, FileData(md, MemoryBacking(), SET_SIZE)
+    return md, FileData(md, MemoryBacking(), SET_SIZE, stripe_size=16384)
 
 
 ops = st.lists(st.tuples(st.sampled_from(["write", "read", "truncate", "recreate", "commit"]),
@@ -123,4 +123,20 @@ def test_concurrent_writes_and_failed_write(tmp_path):
         # the reservation was given back (a set added for it stays)
         assert allocator.free_bytes() - free == allocator.total_bytes() - total
         assert md.inode(a).size == 64 * 3000
+    trio.run(main)
+
+
+def test_large_holes_are_stripe_aligned(tmp_path):
+    async def main():
+        md, data = await setup(str(tmp_path))
+        small = md.create(ROOT_INODE, b"small", stat.S_IFREG | 0o644, 0, 0).ino
+        big = md.create(ROOT_INODE, b"big", stat.S_IFREG | 0o644, 0, 0).ino
+        await data.write(small, 0, b"x" * 100)  # takes the first page of the set
+        await data.write(big, 16384 * 2 + 4096, b"y" * 40000)
+        await data.write(big, 0, b"z" * 16384)
+        for f, _, _, o in md.inode(big).extents:
+            assert o % 16384 == f % 16384
+        await data.write(small, 4096, b"x" * 100)  # small holes still pack, unaligned
+        assert md.inode(small).extents.mapped_bytes == 8192
+        assert md.state.allocator.free_ranges()[1][0] == (65536, SET_SIZE - 65536)
     trio.run(main)
