@@ -19,6 +19,7 @@ import time
 import zlib
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,6 +38,9 @@ from .scratch import scratch
 from .status import DEGRADED, HEALTHY, UNAVAILABLE, RebuildProgress, SetStatus
 from .status import REBUILDING as STATE_REBUILDING
 from .stripewrite import plan_coded_write
+
+if TYPE_CHECKING:
+    from .repair import ScrubReport
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +352,7 @@ class ResiliencySet:
                          tuple(m.appliance for m in self.members), failed, rebuilding,
                          progress, self.intents.open_count)
 
-    async def scrub(self, repair: bool = False):
+    async def scrub(self, repair: bool = False) -> "ScrubReport":
         """Check every stripe (mirrors agree, coding matches data); see repair.scrub."""
         from .repair import scrub
         return await scrub(self, repair)
