@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "appliance": "appliance",
     "mkfs": "mkfs",
     "mount": "mount",
+    "umount": "umount",
 }
 
 

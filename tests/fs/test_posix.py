@@ -220,3 +220,46 @@ def test_everything_survives_clean_unmount(fs_cluster):
     for name, data in files.items():
         assert open(os.path.join(mnt, name), "rb").read() == data
     assert os.getxattr(os.path.join(mnt, "f1"), "user.k") == b"v"
+
+
+def test_umount_command_and_bad_input(fs_cluster):
+    from tests.fs.mounting import run_cli
+    m = fs_cluster.mount()
+    open(os.path.join(fs_cluster.mountpoint, "kept"), "w").write("yes")
+    r = run_cli("umount", fs_cluster.mountpoint)
+    assert r.returncode == 0, r.stderr
+    assert m.process.wait(30) == 0 and not os.path.ismount(fs_cluster.mountpoint)
+    r = run_cli("umount", fs_cluster.mountpoint)
+    assert r.returncode == 1 and "not mounted" in r.stderr
+    r = run_cli("mkfs", fs_cluster.cluster)  # formatted already
+    assert r.returncode == 1 and "--force" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("mkfs", fs_cluster.cluster, "--scheme", "ec:0+1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    r = run_cli("mount", "/nonexistent.toml", fs_cluster.mountpoint)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    r = run_cli("mount", fs_cluster.cluster, fs_cluster.mountpoint, "-o", "max_read=1")
+    assert r.returncode == 1 and "unsupported mount option" in r.stderr
+    fs_cluster.mount()
+    assert open(os.path.join(fs_cluster.mountpoint, "kept")).read() == "yes"
+
+
+def test_background_mount(fs_cluster):
+    import re
+    import signal
+    import subprocess as sp
+
+    from tests.fs.mounting import run_cli
+    r = run_cli("mount", fs_cluster.cluster, fs_cluster.mountpoint)
+    pid = int(re.search(r"pid (\d+)", r.stdout).group(1)) if r.returncode == 0 else None
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(fs_cluster.mountpoint)
+        assert run_cli("umount", fs_cluster.mountpoint).returncode == 0
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read()
+    finally:
+        sp.run(["fusermount3", "-u", "-z", fs_cluster.mountpoint], capture_output=True)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
