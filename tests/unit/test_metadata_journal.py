@@ -270,3 +270,26 @@ def test_torn_last_frame_is_ignored(tmp_path):
         names = [n for _, n, _ in replayed.state.inodes[ROOT_INODE].dir.listing()]
         assert names == [b"kept"]
     trio.run(main)
+
+
+def test_worker_commits_and_compacts(tmp_path):
+    """The background worker commits on its own and writes checkpoints as the journal grows."""
+    from resilfs.fs.journal import JournalWorker
+
+    async def main():
+        md = await new_fs(str(tmp_path))
+        worker = JournalWorker(md.journal, interval=0.01)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            for i in range(30_000):
+                md.create(ROOT_INODE, b"file-%d" % i, stat.S_IFREG | 0o644, 0, 0)
+                if i % 1000 == 0:
+                    await trio.sleep(0.02)
+            for i in range(0, 30_000, 2):
+                md.unlink(ROOT_INODE, b"file-%d" % i)
+            worker.stop()
+        assert md.journal.queued == 0
+        names = os.listdir(str(tmp_path))
+        assert any(n.startswith("checkpoint-") for n in names), names
+        assert (await reload(str(tmp_path))).state.snapshot() == md.state.snapshot()
+    trio.run(main)
