@@ -12,6 +12,8 @@ SUBCOMMANDS = {
     "mkfs": "mkfs",
     "mount": "mount",
     "umount": "umount",
+    "up": "up",
+    "down": "down",
 }
 
 
