@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "umount": "umount",
     "up": "up",
     "down": "down",
+    "status": "status",
+    "scrub": "scrub",
 }
 
 

@@ -25,7 +25,9 @@ def main(args=None) -> int:
     p.add_argument("--scheme", default="mirror:2", help="mirror:N, parity:K+1 or ec:K+M")
     p.add_argument("--capacity", default="1G", help="RAM each appliance lends (e.g. 512M)")
     p.add_argument("--transport", default="shm", choices=["shm", "tcp"])
-    p.add_argument("--set-size", type=size, default=256 << 20)
+    p.add_argument("--set-size", type=size,
+                   help="bytes of file data per set (default: a quarter of --capacity, "
+                        "at most 256M)")
     opts = p.parse_args(args)
     mountpoint = os.path.abspath(opts.mountpoint)
     try:
@@ -57,8 +59,9 @@ def _up(mountpoint: str, scheme: Scheme, count: int, opts) -> int:
         clusterfile.write(cluster_path, "embedded", opts.transport, "secret",
                           [a.address for a in apps])
         cluster = clusterfile.load(cluster_path)
+        set_size = opts.set_size or min(256 << 20, size(opts.capacity) // 4)
         trio.run(lambda: mkfs(cluster, scheme=str(scheme), chunk_size=64 * 1024,
-                              set_size=opts.set_size))
+                              set_size=set_size))
         log_path = os.path.join(state, "mount.log")
         r = subprocess.run([sys.executable, "-m", "resilfs", "mount", cluster_path, mountpoint,
                             "--log", log_path], capture_output=True, text=True, timeout=120)

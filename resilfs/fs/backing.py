@@ -10,10 +10,10 @@ import logging
 import trio
 
 from ..scheme import Scheme
-from ..sets import AppliancePool, RebuildWorker, ResiliencySet, SetError
+from ..sets import AppliancePool, NoPlacement, RebuildWorker, ResiliencySet, SetError
 from ..transport.base import TransportError
 from .data import Backing
-from .errors import DataUnavailable
+from .errors import DataUnavailable, NoSpace
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class SetBacking(Backing):
             s = await ResiliencySet.create(self.pool, self.scheme, None, size, self.owner,
                                            set_name(set_id), write_mode=self.write_mode,
                                            chunk_size=self.chunk_size)
+        except NoPlacement as exc:
+            raise NoSpace(f"no room for data set {set_id}: {exc}") from exc
         except (SetError, TransportError) as exc:
             raise DataUnavailable(f"cannot create data set {set_id}: {exc}") from exc
         self._adopt(set_id, s)
@@ -74,6 +76,15 @@ class SetBacking(Backing):
                     raise DataUnavailable(f"cannot open data set {set_id}: {exc}") from exc
                 self._adopt(set_id, s)
         return s
+
+    async def open_all(self, set_ids) -> None:
+        """Open every set (so that status covers them and rebuild watches them); a set that
+        cannot be opened is logged and left for its first use."""
+        for set_id in set_ids:
+            try:
+                await self.get(set_id)
+            except DataUnavailable as exc:
+                log.warning("%s", exc)
 
     async def read_into(self, set_id: int, offset: int, buffer) -> None:
         s = self._sets.get(set_id) or await self.get(set_id)

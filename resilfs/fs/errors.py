@@ -33,3 +33,9 @@ class ReadOnly(FsError):
     """The filesystem turned read-only after data loss (failsafe) or was mounted so."""
 
     errno = errno.EROFS
+
+
+class NoSpace(FsError):
+    """The appliances cannot hold another data set."""
+
+    errno = errno.ENOSPC

@@ -24,6 +24,7 @@ from ..scheme import Scheme
 from ..sets import RebuildWorker
 from .backing import SetBacking
 from .cluster import Cluster
+from .control import Control
 from .data import FileData
 from .errors import FsError
 from .extents import PAGE
@@ -104,7 +105,9 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         scheme = Scheme.parse(fmt.scheme)
         stripe = fmt.chunk_size * scheme.data_chunks if scheme.data_chunks > 1 else PAGE
         data = FileData(metadata, backing, fmt.set_size, stripe)
-        operations = Operations(metadata, data, journal)
+        control = Control(cluster.name, metadata, data, backing, journal,
+                          lambda: operations.read_only)
+        operations = Operations(metadata, data, journal, control)
         worker = JournalWorker(journal, commit_interval)
 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",
@@ -115,6 +118,9 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
                 nursery.start_soon(signals.run)
+                nursery.start_soon(control.run)
+                nursery.start_soon(backing.open_all,
+                                   sorted(journal.state.allocator.set_sizes()))
                 nursery.start_soon(partial(trio.to_thread.run_sync, tune_when_ready,
                                            mountpoint, abandon_on_cancel=True))
                 task_status.started()
@@ -123,6 +129,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 signals.stop()
                 worker.stop()  # its last commit runs before the nursery exits
                 rebuild.stop()
+                control.stop()
         finally:
             # main() returns without our help only when the kernel unmounted already
             pyfuse3.close(unmount=signals.received or not signals.stopped)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 60.0
 BLOCK = 4096
-#: names reserved for commands (snapshots, to come); unknown ones are EINVAL
+#: names that are commands and reports (resilfs.fs.control); unknown ones are EINVAL
 CONTROL_PREFIX = b"user.resilfs."
 
 
@@ -63,12 +63,13 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
-    def __init__(self, metadata: Metadata, data: FileData, journal: Journal, *,
+    def __init__(self, metadata: Metadata, data: FileData, journal: Journal, control, *,
                  read_only: bool = False):
         super().__init__()
         self.metadata = metadata
         self.data = data
         self.journal = journal
+        self.control = control  # answers user.resilfs.* (resilfs.fs.control.Control)
         self.read_only = read_only
         self._handles: dict[int, int] = {}  # file handle -> inode
         self._next_fh = 1
@@ -292,13 +293,15 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def getxattr(self, inode, name, ctx):
         if name.startswith(CONTROL_PREFIX):
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            self.metadata.inode(inode)
+            return await self.control.get(name)
         return self.metadata.getxattr(inode, name)
 
     @_handler
     async def setxattr(self, inode, name, value, ctx):
         if name.startswith(CONTROL_PREFIX):
-            raise pyfuse3.FUSEError(errno.EINVAL)  # no control commands yet (snapshots)
+            self.metadata.inode(inode)
+            return await self.control.set(name, value)
         self._writable()
         self.metadata.setxattr(inode, name, value)
 

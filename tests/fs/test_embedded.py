@@ -1,4 +1,5 @@
 """resilfs up / down: local appliances, mkfs and mount in one command, and back."""
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,14 @@ def test_up_write_down():
         assert open(os.path.join(mnt, "f"), "rb").read() == data
         r = run_cli("up", mnt)
         assert r.returncode == 1 and "already mounted" in r.stderr
+        r = run_cli("status", "--json", mnt)
+        assert r.returncode == 0, r.stderr
+        status = json.loads(r.stdout)
+        assert {a["pid"] for a in status["appliances"]} == {a["pid"] for a in info["appliances"]}
+        assert [s["state"] for s in status["sets"]] == ["healthy"]
+        assert run_cli("status", mnt).returncode == 0
+        r = run_cli("scrub", mnt)
+        assert r.returncode == 0 and "0 mismatched" in r.stdout, r.stdout + r.stderr
         r = run_cli("down", mnt)
         assert r.returncode == 0, r.stderr
         assert not os.path.ismount(mnt) and embedded.load(mnt) is None
