@@ -64,3 +64,41 @@ def test_appliance_killed_during_writes(tmp_path):
     finally:
         c.close()
         c.launcher.close()
+
+
+def test_rebuild_after_appliance_kill_shows_in_status(tmp_path):
+    """A killed member is replaced by a spare appliance in the background; data stays intact."""
+    import json
+    import time
+
+    from tests.fs.mounting import run_cli
+    c = make_cluster(tmp_path, count=3, scheme="mirror:2", capacity="128M",
+                     mkfs_args=("--set-size", "32M"))
+    try:
+        c.mount()
+        data = os.urandom(20 << 20)
+        path = os.path.join(c.mountpoint, "f")
+        with open(path, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        status = json.loads(run_cli("status", "--json", c.mountpoint).stdout)
+        members = status["sets"][0]["members"]
+        victim = next(a for a in c.apps if a.address == members[1])
+        c.launcher.kill(victim)
+        deadline = time.monotonic() + 90
+        states = []
+        while time.monotonic() < deadline:
+            s = json.loads(run_cli("status", "--json", c.mountpoint).stdout)["sets"][0]
+            states.append(s["state"])
+            if s["state"] == "healthy" and victim.address not in s["members"]:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"no rebuild onto the spare: {states[-5:]}")
+        assert hashlib.sha256(open(path, "rb").read()).digest() == \
+            hashlib.sha256(data).digest()
+        r = run_cli("scrub", c.mountpoint)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        c.close()
+        c.launcher.close()
