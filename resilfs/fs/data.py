@@ -93,7 +93,7 @@ class FileData:
         self.stripe_size = stripe_size
         self._buffers = _Buffers()
         self._zeros = bytes(MAX_REQUEST)
-        self._alloc_locks: dict[int, trio.Lock] = {}
+        self._allocating: dict[int, list] = {}  # ino -> [(start, stop, done event)]
         self._grow_lock = trio.Lock()
 
     # -- reads ---------------------------------------------------------------------
@@ -123,19 +123,23 @@ class FileData:
 
     # -- writes --------------------------------------------------------------------
     async def write(self, ino: int, offset: int, data) -> int:
-        """Write ``data`` at ``offset``, mapping holes it covers; return its length."""
+        """Write ``data`` at ``offset``, mapping holes it covers; return its length.
+
+        Writes into holes run concurrently unless their page ranges overlap; one that
+        overlaps an allocating write in flight waits for it and looks again.
+        """
         node = self.metadata.inode(ino)
         view = memoryview(data).cast("B")
         end = offset + len(view)
         if not view:
             return 0
-        if node.extents.gaps(offset, end):
-            lock = self._alloc_locks.setdefault(ino, trio.Lock())
-            async with lock:
-                await self._write_allocating(ino, offset, view)
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._alloc_locks.pop(ino, None)
-        else:
+        while node.extents.gaps(offset, end):
+            busy = self._overlapping(ino, page_down(offset), page_up(end))
+            if busy is not None:
+                await busy.wait()
+            elif await self._write_allocating(node, offset, view):
+                break
+        else:  # no holes (left): the range is mapped
             await self._run_all(self.backing.write, self._mapped_writes(node, offset, view))
         self.metadata.written(ino, end)
         return len(view)
@@ -144,34 +148,60 @@ class FileData:
         return [(set_id, o, view[f - offset:f - offset + n])
                 for f, n, set_id, o in node.extents.pieces(offset, offset + len(view))]
 
-    async def _write_allocating(self, ino: int, offset: int, view: memoryview) -> None:
-        """Write into a range with holes (holding the inode's allocation lock)."""
-        node = self.metadata.inode(ino)
+    def _overlapping(self, ino: int, start: int, stop: int) -> trio.Event | None:
+        for lo, hi, done in self._allocating.get(ino, ()):
+            if lo < stop and start < hi:
+                return done
+        return None
+
+    async def _write_allocating(self, node, offset: int, view: memoryview) -> bool:
+        """Reserve space for the holes, write everything, then map the holes.
+
+        Returns False (nothing done) if a set had to be added first: the caller looks
+        again. Invariant: no await between computing the holes and registering the range
+        in ``_allocating``, so two writers never map the same hole.
+        """
+        allocator = self.metadata.state.allocator
         end = offset + len(view)
+        start, stop = page_down(offset), page_up(end)
         writes, maps, reserved = [], [], []
         try:
-            for f, n, set_id, o in node.extents.pieces(page_down(offset), page_up(end)):
+            for f, n, set_id, o in node.extents.pieces(start, stop):
                 if set_id is not None:
                     lo, hi = max(f, offset), min(f + n, end)
                     if lo < hi:
                         writes.append((set_id, o + lo - f, view[lo - offset:hi - offset]))
                     continue
-                pieces = await self._reserve(node, f, n)
+                pieces = allocator.reserve(n, *self._placement(node, f, n))
                 reserved.extend(pieces)
                 maps.append((f, pieces))
                 pos = f
                 for set_id, o, length in pieces:
                     writes.append((set_id, o, self._padded(view, offset, pos, length)))
                     pos += length
+        except OutOfSpace:
+            allocator.cancel(reserved)
+            await self._grow(sum(n for _, n in node.extents.gaps(offset, end)))
+            return False
+        entry = (start, stop, trio.Event())
+        self._allocating.setdefault(node.ino, []).append(entry)
+        try:
             await self._run_all(self.backing.write, writes)
+            if self.metadata.state.inodes.get(node.ino) is node:
+                for f, pieces in maps:
+                    self.metadata.map(node.ino, f, pieces)
+            else:
+                allocator.cancel(reserved)  # deleted meanwhile
         except BaseException:
-            self.metadata.state.allocator.cancel(reserved)
+            allocator.cancel(reserved)
             raise
-        if self.metadata.state.inodes.get(ino) is not node:
-            self.metadata.state.allocator.cancel(reserved)  # deleted meanwhile
-            return
-        for f, pieces in maps:
-            self.metadata.map(ino, f, pieces)
+        finally:
+            entries = self._allocating[node.ino]
+            entries.remove(entry)
+            if not entries:
+                del self._allocating[node.ino]
+            entry[2].set()
+        return True
 
     def _padded(self, view: memoryview, offset: int, pos: int, length: int):
         """The bytes of file range ``[pos, pos+length)``: the write's data, zeros around it."""
@@ -183,19 +213,15 @@ class FileData:
             out[lo - pos:hi - pos] = view[lo - offset:hi - offset]
         return out
 
-    async def _reserve(self, node, file_offset: int, length: int):
-        """Reserve space for a hole, right after the preceding extent if possible."""
+    def _placement(self, node, file_offset: int, length: int):
+        """(hint, align) for a hole: right after the preceding extent if that is free,
+        and stripe-aligned if the hole spans a stripe."""
         before = node.extents.before(file_offset)
         hint = (before[2], before[3] + file_offset - before[0]) if before else None
         align = None
         if self.stripe_size > PAGE and length >= self.stripe_size:
             align = (self.stripe_size, file_offset % self.stripe_size)
-        allocator = self.metadata.state.allocator
-        while True:
-            try:
-                return allocator.reserve(length, hint, align)
-            except OutOfSpace:
-                await self._grow(length)
+        return hint, align
 
     async def _grow(self, length: int) -> None:
         """Add a set (one at a time: concurrent writers wait for the same one)."""
