@@ -21,7 +21,7 @@ import logging
 import trio
 
 from ..transport.base import RecordConflict, TransportError
-from .errors import FsError
+from .errors import DataUnavailable
 from .journal import JournalStore
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ PART = 200 * 1024  # bytes of batch or checkpoint per record (records hold up to
 SUPER = "fs-super"
 
 
-class JournalUnavailable(FsError):
-    """Too few appliances answered to store or load the metadata journal."""
+class JournalUnavailable(DataUnavailable):
+    """Too few appliances answered to store or load the metadata journal (the request
+    fails with EIO and the mount turns read-only, like lost data)."""
 
 
 class ApplianceJournalStore(JournalStore):
