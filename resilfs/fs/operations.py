@@ -54,9 +54,15 @@ def _handler(method):
                 self.read_only = True
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
-            log.exception("%s%r failed", method.__name__, args)
+            log.exception("%s(%s) failed", method.__name__, _short(args))
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
+
+
+def _short(args) -> str:
+    """Arguments for a log line: buffers by their length, not their bytes."""
+    return ", ".join(f"<{len(a)} bytes>" if isinstance(a, (bytes, memoryview)) and len(a) > 64
+                     else repr(a) for a in args)
 
 
 class Operations(pyfuse3.Operations):
