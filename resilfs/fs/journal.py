@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_MAGIC = b"RSFSCKP1"
 
 
+def encode_checkpoint(state: State) -> bytes:
+    """The whole state as a checkpoint blob (see ``State.checkpoint_records``)."""
+    return CHECKPOINT_MAGIC + records.encode(state.checkpoint_records())
+
+
 class JournalStore(ABC):
     """Where batches and checkpoints live. Implementations: ``DirJournalStore`` (a local
     directory, a developer option) and the appliance-backed store (see docs/filesystem.md).
@@ -149,7 +154,7 @@ class Journal:
             for _ in range(attempts):
                 await self._commit_locked()
                 if not self._queued:  # no await between this check and the encoding
-                    blob = CHECKPOINT_MAGIC + records.encode(self.state.checkpoint_records())
+                    blob = encode_checkpoint(self.state)
                     break
             else:
                 return False

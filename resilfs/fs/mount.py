@@ -28,12 +28,13 @@ from .control import Control
 from .data import FileData
 from .errors import FsError
 from .extents import PAGE
-from .journal import Journal, JournalStore, JournalWorker
+from .journal import Journal, JournalStore, JournalWorker, encode_checkpoint
 from .journal_appliance import ApplianceJournalStore
 from .journal_dir import DirJournalStore
 from .kernel import fuse_options, tune_when_ready
 from .metadata import Metadata
 from .operations import Operations
+from .state import State
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,11 @@ async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
         if journal.state.format is not None and not force:
             raise AlreadyFormatted(f"a filesystem named {cluster.name!r} exists already "
                                    f"(use --force to replace it)")
-        fresh = Journal(store, type(journal.state)())
+        fresh = Journal(store, State())
         Metadata.format(fresh, os.getuid(), os.getgid(), scheme=scheme,
                         chunk_size=chunk_size, set_size=set_size)
-        await fresh.commit()
-        if not await fresh.checkpoint():
-            raise FsError("could not write the first checkpoint")
+        # one atomic checkpoint, no batch: a crash leaves the old filesystem or the new one
+        await store.write_checkpoint(encode_checkpoint(fresh.state))
         log.info("formatted %s: %s, chunk %d, sets of %d bytes", cluster.name, scheme,
                  chunk_size, set_size)
 

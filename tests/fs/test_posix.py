@@ -241,6 +241,11 @@ def test_umount_command_and_bad_input(fs_cluster):
     assert r.returncode == 1 and "unsupported mount option" in r.stderr
     fs_cluster.mount()
     assert open(os.path.join(fs_cluster.mountpoint, "kept")).read() == "yes"
+    assert fs_cluster.mounts[-1].unmount() == 0
+    r = run_cli("mkfs", fs_cluster.cluster, "--force")
+    assert r.returncode == 0, r.stderr
+    fs_cluster.mount()
+    assert os.listdir(fs_cluster.mountpoint) == []
 
 
 def test_background_mount(fs_cluster):
