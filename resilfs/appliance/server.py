@@ -4,7 +4,9 @@ Listens on tcp and on an abstract Unix socket named after the tcp port (the shm 
 see ``protocol.shm_socket_name``). One trio task per connection reads frames in order and
 answers each before reading the next; clients pipeline, so many requests are in flight on a
 connection at once. Bulk data moves between the socket and region mappings without Python
-copies.
+copies. A connection waiting for its next bytes while no other task is runnable blocks in
+poll() on its socket and trio's epoll fd (``protocol_io.IdleWait``), not in trio's
+scheduler: other connections, signals (a graceful SIGTERM) and deadlines end that wait.
 
 A refused operation gets an error reply and the connection goes on. A frame that breaks the
 framing (wrong version, oversized, a failed authentication) gets an error reply and the
@@ -24,6 +26,7 @@ from ..protocol import (
     APPLY_PREFIX,
     DATA_PREFIX,
     FORWARD_PREFIX,
+    HEADER_SIZE,
     MAX_CONTROL,
     MAX_DATA,
     MAX_NAME,
@@ -58,7 +61,6 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT = 10.0  # seconds a new connection has to authenticate
 MAX_CONNECTIONS = 256
 FRAMES_PER_CHECKPOINT = 16  # frames served without blocking before yielding to others
-BLOCK_BEFORE_PARK = 0.0002  # seconds; see FrameReader.wait_briefly
 
 
 class Appliance:
@@ -128,7 +130,7 @@ class Connection:
         self.sock = sock
         self.peer = peer
         self.local = local
-        self.reader = FrameReader(sock, block=BLOCK_BEFORE_PARK)
+        self.reader = FrameReader(sock)  # waits in poll() while trio idles
         self.ops = 0
         self.authenticated = False
         self.data_ops = {Op.READ: self._read, Op.WRITE: self._write, Op.READV: self._readv,
@@ -271,7 +273,8 @@ class Connection:
             view = check_range(self.a.store.get(region_id, key), offset, n)
         except ApplianceError as e:
             return await self._reply_error(Op.READ, request_id, e)
-        await send_buffers(self.sock, [pack_header(n, Op.READ | REPLY, request_id), view])
+        await send_buffers(self.sock, [pack_header(n, Op.READ | REPLY, request_id), view],
+                           nbytes=HEADER_SIZE + n)
         self.a.metrics.op("read", n)
 
     async def _write(self, length: int, request_id: int) -> None:
@@ -286,7 +289,8 @@ class Connection:
         except ApplianceError as e:
             return await self._refuse_data(Op.WRITE, request_id, e, n)
         await self.reader.read_into(view)
-        await send_buffers(self.sock, [pack_header(0, Op.WRITE | REPLY, request_id)])
+        await send_buffers(self.sock, [pack_header(0, Op.WRITE | REPLY, request_id)],
+                           nbytes=HEADER_SIZE)
         self.a.metrics.op("write", n)
 
     def _check_ranges(self, ranges) -> list[memoryview]:
@@ -307,7 +311,8 @@ class Connection:
         except ApplianceError as e:
             return await self._reply_error(Op.READV, request_id, e)
         total = sum(len(v) for v in views)
-        await send_buffers(self.sock, [pack_header(total, Op.READV | REPLY, request_id), *views])
+        await send_buffers(self.sock, [pack_header(total, Op.READV | REPLY, request_id), *views],
+                           nbytes=HEADER_SIZE + total)
         self.a.metrics.op("readv", total)
 
     async def _writev(self, length: int, request_id: int) -> None:
@@ -330,7 +335,8 @@ class Connection:
             return await self._refuse_data(Op.WRITEV, request_id, e, length - consumed)
         for view in views:
             await self.reader.read_into(view)
-        await send_buffers(self.sock, [pack_header(0, Op.WRITEV | REPLY, request_id)])
+        await send_buffers(self.sock, [pack_header(0, Op.WRITEV | REPLY, request_id)],
+                           nbytes=HEADER_SIZE)
         self.a.metrics.op("writev", length - descriptors)
 
     async def _apply_delta(self, length: int, request_id: int) -> None:
@@ -352,7 +358,8 @@ class Connection:
             delta = bytearray(n)
             await self.reader.read_into(memoryview(delta))
             fold(view, delta, coefficient)
-        await send_buffers(self.sock, [pack_header(0, Op.APPLY_DELTA | REPLY, request_id)])
+        await send_buffers(self.sock, [pack_header(0, Op.APPLY_DELTA | REPLY, request_id)],
+                           nbytes=HEADER_SIZE)
         self.a.metrics.op("apply_delta", n)
 
     async def _forward_write(self, length: int, request_id: int) -> None:
@@ -382,7 +389,8 @@ class Connection:
         if failures:
             return await self._reply_error(Op.FORWARD_WRITE, request_id, ForwardFailed(
                 "written here, not forwarded to " + "; ".join(failures)))
-        await send_buffers(self.sock, [pack_header(0, Op.FORWARD_WRITE | REPLY, request_id)])
+        await send_buffers(self.sock, [pack_header(0, Op.FORWARD_WRITE | REPLY, request_id)],
+                           nbytes=HEADER_SIZE)
 
     # -- regions -------------------------------------------------------------------
     @staticmethod

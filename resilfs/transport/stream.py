@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 import trio
@@ -28,6 +29,7 @@ from ..protocol import (
     APPLY_PREFIX,
     DATA_PREFIX,
     FORWARD_PREFIX,
+    HEADER_SIZE,
     MAX_CONTROL,
     MAX_DATA,
     MAX_NAME,
@@ -69,26 +71,17 @@ PEEK_NOWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 FD_OPS = (Op.SHM_TABLE | REPLY, Op.SHM_MAP | REPLY)
 
 
-def _run_without_blocking(coroutine) -> None:
-    """Run a coroutine that cannot block (its data is buffered) to its end, right here."""
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return
-    coroutine.close()
-    raise RuntimeError("a buffered frame read tried to block")
-
-
 class _Pending:
     __slots__ = ("event", "status", "payload", "dest", "dest_len", "start", "fd", "waiting")
 
     def __init__(self, dest, dest_len, start):
-        self.event = trio.Event()  # set when the reply is in, or to hand over the reading
+        self.event = None  # a trio.Event while parked: set when the reply is in, or to hand
+        # over the reading
         self.status = None  # the reply's status; stays None while waiting or if the link died
         self.payload = b""
         self.dest = dest
         self.dest_len = dest_len
-        self.start = start
+        self.start = start  # time.perf_counter() when the call began
         self.fd = None
         self.waiting = False  # parked on ``event`` (not sending, not reading)
 
@@ -125,14 +118,14 @@ def _batches(ranges, length_of):
 class StreamClient(ApplianceClient):
     """An authenticated, pipelined connection to one appliance over a trio socket.
 
-    ``block_before_park`` (seconds, 0 disables): when a call must wait for its reply and no
-    other trio task is runnable, it first waits for the socket in a blocking select() of at
-    most that long, rather than parking in trio's scheduler, whose sleep and wake-up cost
-    several times a loopback round trip (MEASURED.md). Other trio I/O is then noticed at
-    most that much later.
+    ``idle_wait``: when a call must wait for its reply and no other trio task is runnable,
+    it waits in a blocking poll() on the socket and trio's epoll fd, bounded by the timeout
+    and trio's next deadline, rather than parking in trio's scheduler, whose trip costs
+    several times a loopback round trip here (``protocol_io.IdleWait``). Anything else for
+    this trio loop (I/O, a deadline, a signal) ends that wait and the call parks as before.
     """
 
-    block_before_park = 0.001
+    idle_wait = True
 
     def __init__(self, address: str, sock, timeout: float, *, unix: bool = False):
         self.address = address
@@ -141,14 +134,14 @@ class StreamClient(ApplianceClient):
         self._sock = sock
         self._fds: list[int] | None = [] if unix else None
         self._reader = FrameReader(sock, fds=self._fds, timeout=timeout,
-                                   block=self.block_before_park)
+                                   idle_wait=self.idle_wait)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
         self._sending = False  # a call is sending a request
         self._send_queue = trio.lowlevel.ParkingLot()
         self._reading = False  # a waiter is reading replies
         self._dead: str | None = None
-        self._last_progress = 0.0
+        self._last_progress = 0.0  # time.perf_counter() of the last frame received
 
     # -- connection setup ----------------------------------------------------------
     async def _handshake(self, secret: bytes) -> None:
@@ -188,7 +181,7 @@ class StreamClient(ApplianceClient):
         except BaseException:
             close_socket(self._sock)
             raise
-        self._last_progress = trio.current_time()
+        self._last_progress = time.perf_counter()
 
     async def _read_replies(self, mine: _Pending) -> None:
         """Read frames, completing every pending call, until ``mine`` is complete.
@@ -198,28 +191,61 @@ class StreamClient(ApplianceClient):
         """
         try:
             while mine.status is None and self._dead is None:
-                if not self._reader.buffered():
-                    self._reader.wait_briefly()
-                    if not self._reader.fill_nowait():
-                        oldest = next(iter(self._pending.values()), mine).start
-                        deadline = max(oldest, self._last_progress) + self.timeout
-                        with trio.move_on_at(deadline) as scope:
+                if not self._reader.buffered() and not self._reader.fill_nowait():
+                    oldest = next(iter(self._pending.values()), mine).start
+                    left = max(oldest, self._last_progress) + self.timeout - time.perf_counter()
+                    # trio idle: block in poll() right here (no scheduler trip, no timer
+                    # shorter than the timeout); else, or if that was interrupted, park
+                    if not (self._reader.wait_idle(left) and self._reader.fill_nowait()):
+                        left = (max(oldest, self._last_progress) + self.timeout
+                                - time.perf_counter())
+                        with trio.move_on_after(max(left, 0.0)) as scope:
                             await self._reader.wait_data()
                         if scope.cancelled_caught:
                             self._fail(f"no answer within {self.timeout} s")
                             return
-                if self._reader.frame_buffered():
-                    _run_without_blocking(self._read_frame())
+                frame = self._reader.frame_now()
+                if frame is not None:
+                    self._complete(*frame)
                 else:
                     with trio.CancelScope(shield=True):
                         await self._read_frame()
-                self._last_progress = trio.current_time()
+                self._last_progress = time.perf_counter()
         except (ConnectionClosed, trio.ClosedResourceError):
             self._fail("connection closed")
         except trio.TooSlowError:
             self._fail(f"no answer within {self.timeout} s")
         except (OSError, ApplianceError) as e:
             self._fail(f"connection lost: {e}")
+
+    def _complete(self, length: int, op: int, status: int, request_id: int, payload) -> None:
+        """``_read_frame`` for a frame that was entirely buffered (``FrameReader.frame_now``):
+        no awaits, no coroutines; ``payload`` is copied out before anything else is read."""
+        pending = self._pending.pop(request_id, None)
+        if pending is None:  # abandoned by a cancelled caller
+            if op in FD_OPS and status == Status.OK and self._fds:
+                os.close(self._fds.pop(0))
+            return
+        if status == Status.OK and pending.dest is not None:
+            if length != pending.dest_len:
+                raise ProtocolViolation(f"read reply of {length} bytes, "
+                                        f"expected {pending.dest_len}")
+            pos = 0
+            for view in pending.dest:
+                end = pos + len(view)
+                view[:] = payload[pos:end]
+                pos = end
+        else:
+            if length > MAX_CONTROL:
+                raise ProtocolViolation(f"oversized reply of {length} bytes")
+            pending.payload = bytes(payload)
+            if op in FD_OPS and status == Status.OK:
+                if not self._fds:
+                    raise ProtocolViolation("reply without its file descriptor")
+                pending.fd = self._fds.pop(0)
+        pending.status = status
+        if pending.event is not None:
+            pending.event.set()
 
     async def _read_frame(self) -> None:
         length, op, status, request_id = await self._reader.read_header()
@@ -244,7 +270,8 @@ class StreamClient(ApplianceClient):
                     raise ProtocolViolation("reply without its file descriptor")
                 pending.fd = self._fds.pop(0)
         pending.status = status
-        pending.event.set()
+        if pending.event is not None:
+            pending.event.set()
 
     def _hand_over(self) -> None:
         """Wake one waiting call so that it takes over reading."""
@@ -273,7 +300,8 @@ class StreamClient(ApplianceClient):
             self._dead = reason
             log.warning("appliance %s unavailable: %s", self.address, reason)
         for pending in self._pending.values():
-            pending.event.set()
+            if pending.event is not None:
+                pending.event.set()
         self._pending.clear()
         close_socket(self._sock)
         for fd in self._fds or ():
@@ -298,9 +326,9 @@ class StreamClient(ApplianceClient):
             raise self._unavailable()
         request_id = self._next_id
         self._next_id += 1
-        pending = _Pending(dest, dest_len, trio.current_time())
+        pending = _Pending(dest, dest_len, time.perf_counter())
         self._pending[request_id] = pending
-        length = sum(len(p) for p in parts)
+        length = sum(map(len, parts))
         try:
             while self._sending:  # no checkpoint when nobody else is sending
                 await self._send_queue.park()
@@ -309,7 +337,7 @@ class StreamClient(ApplianceClient):
                 if self._dead is not None:
                     raise self._unavailable()
                 await send_buffers(self._sock, [pack_header(length, op, request_id), *parts],
-                                   timeout=self.timeout)
+                                   timeout=self.timeout, nbytes=HEADER_SIZE + length)
             except trio.Cancelled:
                 self._fail("a request was cancelled while being sent")
                 raise
@@ -321,7 +349,8 @@ class StreamClient(ApplianceClient):
                 raise self._unavailable() from None
             finally:
                 self._sending = False
-                self._send_queue.unpark()
+                if self._send_queue:
+                    self._send_queue.unpark()
             while pending.status is None and self._dead is None:
                 if not self._reading:
                     self._reading = True
