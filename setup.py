@@ -24,6 +24,7 @@ COMPILE_ARGS = ["-O3", "-march=native", "-fno-strict-aliasing"]
 extensions = [
     Extension("resilfs._xor", ["ext/xor.pyx"], extra_compile_args=COMPILE_ARGS),
     Extension("resilfs._stripe", ["ext/stripe.pyx"], extra_compile_args=COMPILE_ARGS),
+    Extension("resilfs._copy", ["ext/copy.pyx"], extra_compile_args=COMPILE_ARGS + ["-pthread"]),
 ]
 isal_libs = pkg_config("libisal", "--libs")
 if isal_libs is not None:

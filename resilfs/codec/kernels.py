@@ -1,8 +1,10 @@
 """The compiled kernels, or their pure-Python twins where an extension is not built.
 
-``xor_into`` comes from ``resilfs._xor`` (twin fallback, logged once). The GF(2^8) helpers
-come from ``resilfs._isal`` when ISA-L is present, else from the twin: both compute the
-same bytes (same field), so callers need not care which one runs.
+``copy_into`` / ``copy_parallel`` come from ``resilfs._copy`` (GIL-free memcpy; plain
+memoryview copies where it is not built). ``xor_into`` comes from ``resilfs._xor`` (twin
+fallback, logged once). The GF(2^8) helpers come from ``resilfs._isal`` when ISA-L is
+present, else from the twin: both compute the same bytes (same field), so callers need not
+care which one runs.
 """
 import logging
 
@@ -17,6 +19,12 @@ except ImportError:
     log.warning("resilfs._xor is not built: XOR parity uses the slow pure-Python twin")
 
 try:
+    from .. import _copy
+except ImportError:
+    _copy = None
+    log.warning("resilfs._copy is not built: large copies hold the GIL")
+
+try:
     from .. import _isal
 except ImportError:
     _isal = None
@@ -24,6 +32,25 @@ except ImportError:
 HAVE_XOR_EXT = _xor is not None
 HAVE_ISAL = _isal is not None
 
+HAVE_COPY_EXT = _copy is not None
+
 xor_into = _xor.xor_into if HAVE_XOR_EXT else twin.xor_into
 gf_mul = _isal.gf_mul if HAVE_ISAL else twin.gf_mul
 gf_mad = _isal.gf_mad if HAVE_ISAL else twin.gf_mad
+
+
+def _copy_into(dst, src) -> None:
+    memoryview(dst).cast("B")[:] = memoryview(src).cast("B")
+
+
+def _copy_parallel(pairs, then=None, min_parallel: int = -1, piece: int = -1) -> None:
+    if then is not None:
+        then()
+    for dst, src in pairs:
+        _copy_into(dst, src)
+
+
+# copy_into(dst, src): memcpy with the GIL released. copy_parallel(pairs, then=None): copy
+# every (dst, src) pair, sharing pieces with a helper thread, after calling then().
+copy_into = _copy.copy_into if HAVE_COPY_EXT else _copy_into
+copy_parallel = _copy.copy_parallel if HAVE_COPY_EXT else _copy_parallel

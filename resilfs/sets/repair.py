@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import trio
 
 from ..transport.base import NoSuchRegion, TransportError, WrongRegionKey
+from ..transport.shm import ShmClient
+from . import direct
 from .errors import SetUnavailable
 from .membership import FAILED, OK, REBUILDING, Member
 from .resiliency import ResiliencySet, _Progress
@@ -156,6 +158,9 @@ async def rebuild_run(s: ResiliencySet, index: int, stripes: range) -> int:
         chosen = sources[:1] if s.mirror else sorted(
             s.codec.minimum_to_decode({index}, set(sources)))
         n, base = len(run) * cs, run.start * cs
+        done = await direct.rebuild(s, index, chosen, base, n)
+        if done is not None:
+            return _rebuilt(s, index, run, n) if done else 0
         bufs = {i: scratch.take(n) for i in chosen}
         out = bufs[chosen[0]] if s.mirror else scratch.take(n)
         try:
@@ -168,12 +173,17 @@ async def rebuild_run(s: ResiliencySet, index: int, stripes: range) -> int:
                 return 0
         finally:
             scratch.give(*bufs.values(), *([] if s.mirror else [out]))
-        member.dirty.difference_update(run)
-        s.rebuilt_bytes += n
-        progress = s.progress.get(index)
-        if progress is not None:
-            progress.done += n
-        return n
+        return _rebuilt(s, index, run, n)
+
+
+def _rebuilt(s: ResiliencySet, index: int, run: range, n: int) -> int:
+    """Account for a rebuilt run of member ``index``: clear its dirty bits, count bytes."""
+    s.members[index].dirty.difference_update(run)
+    s.rebuilt_bytes += n
+    progress = s.progress.get(index)
+    if progress is not None:
+        progress.done += n
+    return n
 
 
 async def reattach(s: ResiliencySet, index: int) -> str:
@@ -217,6 +227,17 @@ async def replace(s: ResiliencySet, index: int, address: str) -> None:
     old = s.members[index]
     client = await s.pool.client(address)
     handle = await client.alloc(old.size, s.owner)
+    if isinstance(client, ShmClient):
+        # populate the mapping now: the rebuild then writes without a page fault per 4 KiB
+        try:
+            await client.prefault(handle)
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(s.pool.timeout):
+                try:
+                    await client.free(handle)
+                except TransportError:
+                    pass
+            raise
     if s.members[index] is not old or old.state != FAILED:
         await client.free(handle)  # the member came back meanwhile
         return

@@ -27,6 +27,7 @@ from ..codec import Codec, make_codec
 from ..scheme import Scheme
 from ..transport.base import ApplianceClient, ApplianceUnavailable, RegionHandle, TransportError
 from ..transport.shm import ShmClient
+from . import direct
 from . import membership as records
 from .errors import NoPlacement, SetError, SetUnavailable
 from .forward import forward_write
@@ -389,6 +390,12 @@ class ResiliencySet:
         ``plan`` maps member numbers to (handle, offset, buffer) ranges. Members run
         concurrently unless ``sequential``.
         """
+        if not sequential and plan:
+            total = sum(memoryview(b).nbytes for ranges in plan.values() for _, _, b in ranges)
+            if total >= direct.DIRECT_MIN:
+                clients = direct.shm_clients(self, plan)
+                if clients is not None:  # every member mapped here: copy them all at once
+                    return await direct.transfer(self, plan, write, clients)
         failed: set[int] = set()
 
         async def one(index: int, ranges: Ranges) -> None:
@@ -495,25 +502,28 @@ class ResiliencySet:
         A decode source that the read fetches anyway (the same bytes of a current data
         chunk) is taken from the caller's buffer instead of being read twice.
         """
+        done = await direct.read_degraded(self, offset, view)
+        if done is not None:
+            return done
         plan: dict[int, Ranges] = {}
         pieces = list(self._pieces(offset, view.nbytes))
-        direct = {}
+        direct_ = {}
         for s, c, a, n, at in pieces:
             member = self.members[c]
             if member.usable(s):
                 plan.setdefault(c, []).append((member.handle, s * self.chunk_size + a,
                                                view[at:at + n]))
-                direct[(s, c)] = (a, n, at)
+                direct_[(s, c)] = (a, n, at)
         decodes = []  # (chunk, length, codec input {member: buffer}, output view)
         taken = []
         for s, c, a, n, at in pieces:
-            if (s, c) in direct:
+            if (s, c) in direct_:
                 continue
             sources = self.codec.minimum_to_decode({c}, set(self.usable(s)))
             inputs = {}
             for i in sources:
-                if direct.get((s, i), (None,))[:2] == (a, n):
-                    inputs[i] = view[direct[(s, i)][2]:direct[(s, i)][2] + n]
+                if direct_.get((s, i), (None,))[:2] == (a, n):
+                    inputs[i] = view[direct_[(s, i)][2]:direct_[(s, i)][2] + n]
                 else:
                     inputs[i] = scratch.take(n)
                     taken.append(inputs[i])
@@ -605,6 +615,10 @@ class ResiliencySet:
         Returns the members that failed, or None (nothing written) if a member failed
         while old contents were read.
         """
+        if self.write_mode == "parallel":
+            clients = direct.full_stripes_apply(self, offset, view.nbytes, stripes)
+            if clients is not None:
+                return await direct.write_full_stripes(self, offset, view, stripes, clients)
         planned = await plan_coded_write(self, offset, view, stripes)
         if planned is None:
             return None

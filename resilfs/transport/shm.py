@@ -16,6 +16,21 @@ refused with NoSuchRegion from then on. A write that races with another client's
 concurrent free may land in the freed memory, which nobody can read any more (each region
 has its own memfd, never reused); a read that races with it raises NoSuchRegion.
 
+Direct access (shm only): ``view(region, offset, length)`` returns a memoryview of the
+region's bytes in this process's mapping, after the same key and status-table checks, so a
+caller (the resiliency sets) can encode into, decode from, or copy between regions without
+an intermediate buffer; ``check_live(region)`` repeats the free check after reading through
+a view. A view stays valid memory for as long as it exists (an unmapped region's mapping is
+kept until its last view is released), but it sees a region freed meanwhile as stale bytes:
+readers must call ``check_live`` afterwards, as ``read_into`` does. ``prefault(region)``
+allocates a region's pages (fallocate) and maps them all (MAP_POPULATE), in a worker
+thread, so that first writes into
+fresh appliance memory do not take a page fault per 4 KiB (~2.4 us each here, which caps
+first writes near 1.5 GB/s).
+
+Copies larger than ``COPY_MIN`` go through ``resilfs._copy.copy_into``: a memcpy with the
+GIL released.
+
 Liveness: every data operation first checks, without blocking, that the control socket is
 still open, and fails with ApplianceUnavailable once it closed (the appliance exited). The
 mapping itself outlives the appliance, so a copy that started just before its death still
@@ -23,6 +38,7 @@ completes, into memory that nobody will read.
 """
 import mmap
 import os
+import select
 import socket
 import time
 from collections import OrderedDict
@@ -30,26 +46,35 @@ from collections.abc import Sequence
 
 import trio
 
+from ..codec.kernels import copy_into
 from ..protocol import REGION_REF, U64, Op, shm_socket_name, split_address
-from .base import NoSuchRegion, RegionHandle
+from .base import NoSpace, NoSuchRegion, RegionHandle
 from .stream import StreamClient, _byte_view, _check_range, finite_timeout, open_socket
 
 MAX_MAPPINGS = 1024  # regions kept mapped at once (least recently used are unmapped)
 YIELD_EVERY = 0.001  # seconds of back-to-back copies before yielding to other trio tasks
+COPY_MIN = 64 << 10  # copies at least this long release the GIL (copy_into)
 
 
 class _Mapping:
     __slots__ = ("map", "view", "slot", "region_id")
 
-    def __init__(self, fd: int, size: int, slot: int, region_id: int):
-        self.map = mmap.mmap(fd, size)
+    def __init__(self, fd: int, size: int, slot: int, region_id: int, populate: bool = False):
+        if populate:  # allocate the pages, then map them all (MAP_POPULATE alone maps holes
+            os.posix_fallocate(fd, 0, size)  # read-only: the first writes still fault)
+        flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
+        self.map = mmap.mmap(fd, size, flags=flags)
         self.view = memoryview(self.map)
         self.slot = slot
         self.region_id = region_id
 
     def close(self) -> None:
+        """Unmap; a mapping with views still handed out is unmapped when the last one goes."""
         self.view.release()
-        self.map.close()
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # views from view() still use it: the mapping dies with them
 
 
 class ShmClient(StreamClient):
@@ -77,24 +102,43 @@ class ShmClient(StreamClient):
             await client.aclose()
             raise
         client._status = memoryview(client._status_map).cast("Q")
+        client._poller = select.poll()  # cheap liveness probe, see _poll_closed
+        client._poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
         client._mappings: OrderedDict[tuple[int, int], _Mapping] = OrderedDict()
         client._last_yield = time.perf_counter()
         return client
 
-    async def _mapping(self, region: RegionHandle) -> _Mapping:
-        """The mapping of a live region (mapping it first if needed); NoSuchRegion if freed."""
+    async def _mapping(self, region: RegionHandle, populate: bool = False) -> _Mapping:
+        """The mapping of a live region (mapping it first if needed); NoSuchRegion if freed.
+
+        ``populate`` maps it (again) with every page populated, in a worker thread.
+        """
         self._poll_closed()
         if self._dead is not None:
             raise self._unavailable()
         ref = (region.region_id, region.key)
         mapping = self._mappings.get(ref)
+        if populate and mapping is not None:
+            self._drop(ref)
+            mapping = None
         if mapping is None:
             pending = await self._call(Op.SHM_MAP, [REGION_REF.pack(*ref)])
             size, slot = U64.unpack(pending.payload[:8])[0], U64.unpack(pending.payload[8:])[0]
             try:
-                mapping = _Mapping(pending.fd, size, slot, region.region_id)
+                if populate:
+                    try:
+                        mapping = await trio.to_thread.run_sync(
+                            _Mapping, pending.fd, size, slot, region.region_id, True)
+                    except OSError as e:
+                        raise NoSpace(f"cannot populate region {region.region_id}: "
+                                      f"{e.strerror or e}") from None
+                else:
+                    mapping = _Mapping(pending.fd, size, slot, region.region_id)
             finally:
                 os.close(pending.fd)
+            old = self._mappings.pop(ref, None)  # a concurrent call mapped it meanwhile
+            if old is not None:
+                old.close()
             self._mappings[ref] = mapping
             if len(self._mappings) > MAX_MAPPINGS:
                 self._mappings.popitem(last=False)[1].close()
@@ -103,6 +147,13 @@ class ShmClient(StreamClient):
             await self._checkpoint()
         self._check_live(ref, mapping)
         return mapping
+
+    def _poll_closed(self) -> None:
+        """As StreamClient's, but a poll(0) first: nothing to read and no hang-up (the usual
+        case) costs one syscall and no exception."""
+        if self._dead is None and not self._reading and not self._poller.poll(0):
+            return
+        super()._poll_closed()
 
     async def _checkpoint(self) -> None:
         """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
@@ -137,14 +188,44 @@ class ShmClient(StreamClient):
         view = _byte_view(buffer, writable=True)
         _check_range(region, offset, len(view))
         mapping = await self._mapping(region)
-        view[:] = mapping.view[offset:offset + len(view)]
+        _copy(view, mapping.view[offset:offset + len(view)])
         self._check_live((region.region_id, region.key), mapping)
 
     async def write(self, region: RegionHandle, offset: int, data) -> None:
         view = _byte_view(data)
         _check_range(region, offset, len(view))
         mapping = await self._mapping(region)
-        mapping.view[offset:offset + len(view)] = view
+        _copy(mapping.view[offset:offset + len(view)], view)
+
+    async def view(self, region: RegionHandle, offset: int, length: int,
+                   writable: bool = False) -> memoryview:
+        """The region's bytes [offset, offset + length) as a view of this process's mapping.
+
+        Checks the range, key and status table like ``read_into``; raises OutOfBounds,
+        NoSuchRegion, WrongRegionKey or ApplianceUnavailable as it does. Bytes read through
+        the view are only trustworthy if ``check_live(region)`` passes afterwards. Cancelled:
+        nothing happened (the region may stay mapped).
+        """
+        _check_range(region, offset, length)
+        mapping = await self._mapping(region)
+        view = mapping.view[offset:offset + length]
+        return view if writable else view.toreadonly()
+
+    def check_live(self, region: RegionHandle) -> None:
+        """NoSuchRegion if the region was freed (by any client) since it was mapped;
+        ApplianceUnavailable if the appliance went away. Never blocks."""
+        ref = (region.region_id, region.key)
+        mapping = self._mappings.get(ref)
+        if mapping is None:
+            raise NoSuchRegion(f"region {region.region_id} is not mapped any more")
+        self._poll_closed()
+        self._check_live(ref, mapping)
+
+    async def prefault(self, region: RegionHandle) -> None:
+        """Allocate ``region``'s pages and map them all (in a worker thread), so that later
+        writes do not page-fault. Raises like ``view``, and NoSpace if the host has no memory
+        for the pages; cancelled: the region may stay mapped, populated or not."""
+        await self._mapping(region, populate=True)
 
     async def _map_all(self, ranges, writable: bool) -> list[tuple[_Mapping, int, memoryview]]:
         """Map every range's region; on return (no await since) every mapping is live."""
@@ -170,14 +251,14 @@ class ShmClient(StreamClient):
     async def readv(self, ranges: Sequence[tuple[RegionHandle, int, object]]) -> None:
         mapped = await self._map_all(ranges, True)
         for mapping, offset, view in mapped:
-            view[:] = mapping.view[offset:offset + len(view)]
+            _copy(view, mapping.view[offset:offset + len(view)])
         for mapping, _, _ in mapped:
             if self._status[mapping.slot] != mapping.region_id:
                 raise NoSuchRegion(f"region {mapping.region_id} was freed")
 
     async def writev(self, ranges: Sequence[tuple[RegionHandle, int, object]]) -> None:
         for mapping, offset, view in await self._map_all(ranges, False):
-            mapping.view[offset:offset + len(view)] = view
+            _copy(mapping.view[offset:offset + len(view)], view)
 
     def _fail(self, reason: str) -> None:
         super()._fail(reason)
@@ -185,3 +266,11 @@ class ShmClient(StreamClient):
             mapping.close()
         if hasattr(self, "_mappings"):
             self._mappings.clear()
+
+
+def _copy(dst: memoryview, src: memoryview) -> None:
+    """``dst[:] = src``; long copies with the GIL released."""
+    if len(dst) >= COPY_MIN:
+        copy_into(dst, src)
+    else:
+        dst[:] = src

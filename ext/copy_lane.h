@@ -1,0 +1,154 @@
+/* GIL-free copies for resilfs._copy: memcpy, and a second copy lane on a helper thread.
+ *
+ * resilfs_lane_post() offers a list of copies (pieces of a few hundred KiB) to one helper
+ * thread (started on first use, and again in a forked child, which has none); the caller
+ * may do other work, then resilfs_lane_finish() copies the pieces the helper has not
+ * claimed and waits for the ones it has: two vCPUs copy at once when the helper is awake,
+ * and nothing is lost when it is not. The helper spins up to RESILFS_LANE_SPIN_NS after a job before it sleeps on a
+ * condition variable (waking a sleeping thread on the other vCPU costs ~35 us here, as
+ * much as copying 256 KiB). One job at a time: resilfs_lane_try_acquire() returns 0 when
+ * another thread of the process holds the lane (the caller then copies everything itself).
+ * Never touches Python objects: safe to run with the GIL released.
+ */
+#ifndef RESILFS_COPY_LANE_H
+#define RESILFS_COPY_LANE_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RESILFS_LANE_SPIN_NS 200000L
+
+typedef struct {
+    unsigned char *dst;
+    const unsigned char *src;
+    size_t n;
+} resilfs_copy_t;
+
+static pthread_mutex_t resilfs_lane_owner = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t resilfs_lane_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t resilfs_lane_cv = PTHREAD_COND_INITIALIZER;
+static const resilfs_copy_t *resilfs_lane_jobs;
+static size_t resilfs_lane_njobs;
+static atomic_size_t resilfs_lane_next;  /* next job to claim */
+/* 0 idle, 1 posted, 2 helper working, 3 helper finished */
+static atomic_int resilfs_lane_state;
+static pid_t resilfs_lane_pid;         /* process that started the helper (0: none) */
+
+static inline void resilfs_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static long resilfs_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static void resilfs_copy_all(const resilfs_copy_t *jobs, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        memcpy(jobs[i].dst, jobs[i].src, jobs[i].n);
+}
+
+/* Claim and copy jobs of the posted list until none is left (both threads do this). */
+static void resilfs_lane_drain(void) {
+    const resilfs_copy_t *jobs = resilfs_lane_jobs;
+    size_t n = resilfs_lane_njobs;
+    for (;;) {
+        size_t i = atomic_fetch_add_explicit(&resilfs_lane_next, 1, memory_order_relaxed);
+        if (i >= n)
+            return;
+        memcpy(jobs[i].dst, jobs[i].src, jobs[i].n);
+    }
+}
+
+static void *resilfs_lane_main(void *unused) {
+    (void)unused;
+    for (;;) {
+        long deadline = resilfs_now_ns() + RESILFS_LANE_SPIN_NS;
+        unsigned spins = 0;
+        int posted = 1;
+        while (!atomic_compare_exchange_weak_explicit(&resilfs_lane_state, &posted, 2,
+                                                      memory_order_acquire,
+                                                      memory_order_relaxed)) {
+            posted = 1;
+            resilfs_cpu_relax();
+            if ((++spins & 255) == 0 && resilfs_now_ns() > deadline) {
+                pthread_mutex_lock(&resilfs_lane_mu);
+                while (atomic_load_explicit(&resilfs_lane_state, memory_order_acquire) != 1)
+                    pthread_cond_wait(&resilfs_lane_cv, &resilfs_lane_mu);
+                pthread_mutex_unlock(&resilfs_lane_mu);
+            }
+        }
+        resilfs_lane_drain();
+        atomic_store_explicit(&resilfs_lane_state, 3, memory_order_release);
+    }
+    return NULL;
+}
+
+/* 1: the caller owns the lane until resilfs_lane_release(); 0: busy or no helper thread. */
+static int resilfs_lane_try_acquire(void) {
+    if (pthread_mutex_trylock(&resilfs_lane_owner) != 0)
+        return 0;
+    pid_t pid = getpid();
+    if (resilfs_lane_pid != pid) {  /* first use, or a forked child: start a helper */
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        atomic_store(&resilfs_lane_state, 0);
+        pthread_mutex_init(&resilfs_lane_mu, NULL);
+        pthread_cond_init(&resilfs_lane_cv, NULL);
+        int rc = pthread_create(&thread, &attr, resilfs_lane_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            pthread_mutex_unlock(&resilfs_lane_owner);
+            return 0;
+        }
+        resilfs_lane_pid = pid;
+    }
+    return 1;
+}
+
+static void resilfs_lane_release(void) {
+    pthread_mutex_unlock(&resilfs_lane_owner);
+}
+
+/* Offer ``jobs`` (valid until resilfs_lane_finish returns) to the helper. */
+static void resilfs_lane_post(const resilfs_copy_t *jobs, size_t n) {
+    resilfs_lane_jobs = jobs;
+    resilfs_lane_njobs = n;
+    atomic_store_explicit(&resilfs_lane_next, 0, memory_order_relaxed);
+    pthread_mutex_lock(&resilfs_lane_mu);
+    atomic_store_explicit(&resilfs_lane_state, 1, memory_order_release);
+    pthread_cond_signal(&resilfs_lane_cv);
+    pthread_mutex_unlock(&resilfs_lane_mu);
+}
+
+/* Copy what the helper has not claimed, then wait until it is out of the job list.
+ * A helper that has not started yet (descheduled, asleep) is cancelled: nothing waits
+ * for it. */
+static void resilfs_lane_finish(void) {
+    int posted = 1;
+    if (atomic_compare_exchange_strong_explicit(&resilfs_lane_state, &posted, 0,
+                                                memory_order_acq_rel, memory_order_acquire)) {
+        resilfs_copy_all(resilfs_lane_jobs, resilfs_lane_njobs);
+        return;
+    }
+    resilfs_lane_drain();
+    unsigned spins = 0;
+    while (atomic_load_explicit(&resilfs_lane_state, memory_order_acquire) != 3) {
+        resilfs_cpu_relax();
+        if ((++spins & 1023) == 0)
+            sched_yield();
+    }
+    atomic_store_explicit(&resilfs_lane_state, 0, memory_order_relaxed);
+}
+
+#endif

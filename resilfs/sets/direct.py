@@ -1,0 +1,232 @@
+"""Direct access to shm members: copy, encode and decode in the members' own mappings.
+
+Over shm a member's region is mapped in this process (``ShmClient.view``), so a set need
+not go through intermediate buffers: member writes and reads are GIL-free copies
+(``copy_parallel``), full-stripe encodes write the coding chunks straight into the coding
+members' regions, degraded reads decode
+from the survivors' regions into the caller's buffer, and rebuild copies or decodes from
+the survivors' regions into the target's.
+
+Used only when every member a step touches is connected over shm and the step moves at
+least ``DIRECT_MIN`` bytes; otherwise the ordinary transfer path runs. Failures as on the
+ordinary path: a member whose view cannot be had (freed region, dead appliance) is marked
+failed by the set, and bytes read through views count only if ``check_live`` passes
+after the copy or decode (a region freed meanwhile → that member is marked failed).
+Cancellation: only the view lookups await; the copies themselves are not interruptible
+(they take about as long as the ordinary inline shm copies did).
+"""
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..codec.kernels import copy_parallel
+from ..transport.base import RegionHandle, TransportError
+from ..transport.shm import ShmClient
+from .membership import FAILED, OK
+
+if TYPE_CHECKING:
+    from .resiliency import Ranges, ResiliencySet
+
+DIRECT_MIN = 256 << 10  # bytes a step must move to take the direct path
+# largest full-stripe write or degraded read whose encode/decode runs on the loop thread
+# (beside the copies, which block it as long); larger ones decode in worker threads
+ENCODE_INLINE_MAX = 4 << 20
+# Copies of at least this many bytes are shared with copy_parallel's helper thread. Off:
+# measured here it lost (the copies are memory-bandwidth bound, the vCPUs shared; see
+# docs/sets.md "Direct access over shm"). Set to e.g. 256 KiB to try it elsewhere.
+HELPER_MIN = 1 << 62
+
+
+def shm_clients(s: "ResiliencySet", indices) -> dict[int, ShmClient] | None:
+    """The shm clients of members ``indices``, or None unless every one is connected by shm."""
+    clients = {}
+    for i in indices:
+        client = s.pool.connected(s.members[i].appliance)
+        if not isinstance(client, ShmClient):
+            return None
+        clients[i] = client
+    return clients
+
+
+async def views(s: "ResiliencySet", clients: dict[int, ShmClient],
+                wanted: "dict[int, list[tuple[RegionHandle, int, int]]]", writable: bool,
+                failed: set[int]) -> dict[int, list[memoryview]]:
+    """Views of each member's (handle, offset, length) ranges; members whose views cannot
+    be had are added to ``failed`` (and marked failed) instead."""
+    out: dict[int, list[memoryview]] = {}
+    for index, ranges in wanted.items():
+        client = clients[index]
+        try:
+            out[index] = [await client.view(h, o, n, writable) for h, o, n in ranges]
+        except TransportError as e:
+            failed.add(index)
+            await s._fail(index, e, client)
+    return out
+
+
+async def check_live(s: "ResiliencySet", clients: dict[int, ShmClient], used,
+                     failed: set[int]) -> None:
+    """After reading through views: members whose region went away are marked failed."""
+    for index in used:
+        if index in failed:
+            continue
+        try:
+            clients[index].check_live(s.members[index].handle)
+        except TransportError as e:
+            failed.add(index)
+            await s._fail(index, e, clients[index])
+
+
+async def transfer(s: "ResiliencySet", plan: "dict[int, Ranges]", write: bool,
+                   clients: dict[int, ShmClient]) -> set[int]:
+    """``ResiliencySet.transfer`` over shm views: every member's copies at once."""
+    failed: set[int] = set()
+    wanted = {i: [(h, o, memoryview(b).nbytes) for h, o, b in ranges]
+              for i, ranges in plan.items()}
+    got = await views(s, clients, wanted, write, failed)
+    pairs = []
+    for index, vs in got.items():
+        for (_, _, buf), v in zip(plan[index], vs, strict=True):
+            pairs.append((v, buf) if write else (buf, v))
+    copy_parallel(pairs, min_parallel=HELPER_MIN)
+    if not write:
+        await check_live(s, clients, got, failed)
+    return failed
+
+
+def full_stripes_apply(s: "ResiliencySet", offset: int, length: int,
+                       stripes: range) -> dict[int, ShmClient] | None:
+    """The members' shm clients if ``write_full_stripes`` applies to this write, else None:
+    whole stripes, DIRECT_MIN..ENCODE_INLINE_MAX bytes, every member current and on shm."""
+    if offset % s.stripe_size or length != len(stripes) * s.stripe_size \
+            or not DIRECT_MIN <= length <= ENCODE_INLINE_MAX:
+        return None
+    if not all(m.state == OK and not m.dirty for m in s.members):
+        return None
+    return shm_clients(s, range(s.width))
+
+
+async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
+                             stripes: range, clients: dict[int, ShmClient]) -> set[int] | None:
+    """Write whole stripes of a set whose members are all current (``full_stripes_apply``):
+    this thread encodes straight into the coding members' regions and copies the data
+    chunks into the data members' (shared with the helper thread if HELPER_MIN allows).
+    Returns the failed members, or None if a member's view could not be had (it is marked
+    failed, nothing was written: plan again)."""
+    k, cs, ss = s.k, s.chunk_size, s.stripe_size
+    n = len(stripes)
+    failed: set[int] = set()
+    base = stripes.start * cs
+    got = await views(s, clients, {i: [(s.members[i].handle, base, n * cs)]
+                                   for i in range(s.width)}, True, failed)
+    if failed:
+        return None
+    pairs = []
+    for c in range(k):
+        region = got[c][0]
+        for p in range(n):
+            at = p * ss + c * cs
+            pairs.append((region[p * cs:(p + 1) * cs], view[at:at + cs]))
+    coding = [got[i][0] for i in range(k, s.width)]
+    codec = s.codec
+
+    def encode() -> None:
+        for p in range(n):
+            at = p * ss
+            codec.encode([view[at + c * cs:at + (c + 1) * cs] for c in range(k)],
+                         out=[x[p * cs:(p + 1) * cs] for x in coding])
+
+    copy_parallel(pairs, then=encode, min_parallel=HELPER_MIN)
+    return failed
+
+
+async def read_degraded(s: "ResiliencySet", offset: int, view: memoryview) -> bool | None:
+    """A degraded read of a coded set over shm: current data chunks are copied into the
+    caller's buffer and lost ones decoded from the survivors' regions straight into it.
+    The caller holds the stripes' locks. Returns True when done, False if a member failed
+    (marked failed; read again), None if the path does not apply (a member not on shm, or
+    a short read)."""
+    if view.nbytes < DIRECT_MIN:
+        return None
+    clients = shm_clients(s, [i for i, m in enumerate(s.members) if m.state != FAILED])
+    if clients is None:
+        return None
+    cs = s.chunk_size
+    slots: dict[tuple[int, int, int], int] = {}  # (member, offset, length) -> view number
+    wanted: dict[int, list] = {}
+
+    def want(i: int, at: int, n: int) -> tuple[int, int]:
+        key = (i, at, n)
+        if key not in slots:
+            ranges = wanted.setdefault(i, [])
+            slots[key] = len(ranges)
+            ranges.append((s.members[i].handle, at, n))
+        return i, slots[key]
+
+    copies, decodes = [], []
+    for st, c, a, n, at in s._pieces(offset, view.nbytes):
+        if s.members[c].usable(st):
+            copies.append((view[at:at + n], want(c, st * cs + a, n)))
+        else:
+            sources = s.codec.minimum_to_decode({c}, set(s.usable(st)))
+            decodes.append((c, n, {i: want(i, st * cs + a, n) for i in sources},
+                            view[at:at + n]))
+    failed: set[int] = set()
+    got = await views(s, clients, wanted, False, failed)
+    if failed:
+        return False
+    pairs = [(dst, got[i][j]) for dst, (i, j) in copies]
+
+    def decode_all() -> None:
+        for c, n, inputs, out in decodes:
+            s.codec_for(n).decode({i: got[m][j] for i, (m, j) in inputs.items()}, [c],
+                                  {c: out})
+
+    decoded = sum(d[1] for d in decodes)
+    if decoded * s.k <= ENCODE_INLINE_MAX:
+        copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN)
+    else:
+        copy_parallel(pairs, min_parallel=HELPER_MIN)
+        await s.compute(decoded * s.k, decode_all)
+    await check_live(s, clients, got, failed)
+    return not failed
+
+
+async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
+                  n: int) -> bool | None:
+    """Rebuild member ``index``'s bytes [base, base + n) from members ``chosen`` over shm:
+    a mirror copies region to region; a coded set decodes
+    from the sources' regions into the target's, half in a worker thread and half on this
+    thread meanwhile (two vCPUs; this blocks the loop about as long as a mirror's copy). The
+    caller holds the stripes' locks. Returns True when done, False if a member failed
+    (marked failed), None if the path does not apply."""
+    clients = shm_clients(s, [*chosen, index])
+    if clients is None or n < DIRECT_MIN:
+        return None
+    failed: set[int] = set()
+    got = await views(s, clients, {i: [(s.members[i].handle, base, n)] for i in chosen},
+                      False, failed)
+    target = await views(s, clients, {index: [(s.members[index].handle, base, n)]}, True,
+                         failed)
+    if failed:
+        return False
+    out = target[index][0]
+    if s.mirror:
+        copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN)
+    else:
+        cs = s.chunk_size
+        half = max(cs, n // 2 // cs * cs)  # both halves whole chunks of every stripe
+
+        def decode(lo: int, hi: int) -> None:
+            s.codec_for(hi - lo).decode({i: got[i][0][lo:hi] for i in chosen}, [index],
+                                        {index: out[lo:hi]})
+
+        if half >= n:
+            await s.compute(n * s.k, decode, 0, n)
+        else:  # the first half in a worker thread, the rest here meanwhile
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, decode, 0, half)
+                await trio.sleep(0)  # let the thread start
+                decode(half, n)
+    await check_live(s, clients, chosen, failed)
+    return not failed
