@@ -77,6 +77,18 @@ class SetBacking(Backing):
                 self._adopt(set_id, s)
         return s
 
+    async def destroy_set(self, set_id: int) -> None:
+        """Delete set ``set_id`` (a deleted snapshot's): its records, then its regions."""
+        s = await self.get(set_id)
+        if self.rebuild is not None:
+            self.rebuild.unwatch(s)
+        self._sets.pop(set_id, None)
+        try:
+            await s.destroy()
+        except (SetError, TransportError) as exc:
+            raise DataUnavailable(f"cannot delete data set {set_id}: {exc}") from exc
+        self._capacity = None
+
     async def open_all(self, set_ids) -> None:
         """Open every set (so that status covers them and rebuild watches them); a set that
         cannot be opened is logged and left for its first use."""

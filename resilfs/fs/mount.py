@@ -34,6 +34,7 @@ from .journal_dir import DirJournalStore
 from .kernel import fuse_options, tune_when_ready
 from .metadata import Metadata
 from .operations import Operations
+from .snapshots import Snapshots
 from .state import State
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         data = FileData(metadata, backing, fmt.set_size, stripe)
         control = Control(cluster.name, metadata, data, backing, journal,
                           lambda: operations.read_only)
-        operations = Operations(metadata, data, journal, control)
+        snapshots = Snapshots(metadata, data, backing, journal, mountpoint)
+        operations = Operations(metadata, data, journal, control, snapshots=snapshots)
         worker = JournalWorker(journal, commit_interval)
 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",

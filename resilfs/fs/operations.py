@@ -29,6 +29,8 @@ from .data import FileData
 from .errors import DataUnavailable, FsError
 from .journal import Journal
 from .metadata import Metadata
+from .snapshots import LIST as SNAPSHOT_LIST
+from .snapshots import NAMES as SNAPSHOT_XATTRS
 from .state import Inode
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,14 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, metadata: Metadata, data: FileData, journal: Journal, control, *,
-                 read_only: bool = False):
+                 read_only: bool = False, snapshots=None):
         super().__init__()
         self.metadata = metadata
         self.data = data
         self.journal = journal
         self.control = control  # answers user.resilfs.* (resilfs.fs.control.Control)
         self.read_only = read_only
+        self.snapshots = snapshots  # resilfs.fs.snapshots.Snapshots: .snapshots is read-only
         self._handles: dict[int, int] = {}  # file handle -> inode
         self._next_fh = 1
 
@@ -100,8 +103,11 @@ class Operations(pyfuse3.Operations):
         self.metadata.remember(node.ino)
         return self._attrs(node)
 
-    def _writable(self) -> None:
-        if self.read_only:
+    def _writable(self, ino: int | None = None, name: bytes | None = None) -> None:
+        """EROFS if the filesystem is read-only, or ``ino`` (entry ``name`` in it) is part
+        of the read-only snapshot view."""
+        if self.read_only or (ino is not None and self.snapshots is not None
+                              and self.snapshots.frozen(ino, name)):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _open_handle(self, ino: int) -> int:
@@ -136,7 +142,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
-        self._writable()
+        self._writable(inode)
         if fields.update_size:
             await self.data.truncate(inode, attr.st_size)
         changes = {}
@@ -165,47 +171,49 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        self._writable()
+        self._writable(parent_inode, name)
         return self._entry(self.metadata.create(parent_inode, name, mode, ctx.uid, ctx.gid,
                                                 rdev=rdev))
 
     @_handler
     async def mkdir(self, parent_inode, name, mode, ctx):
-        self._writable()
+        self._writable(parent_inode, name)
         return self._entry(self.metadata.create(parent_inode, name,
                                                 stat.S_IFDIR | (mode & 0o7777), ctx.uid,
                                                 ctx.gid))
 
     @_handler
     async def symlink(self, parent_inode, name, target, ctx):
-        self._writable()
+        self._writable(parent_inode, name)
         return self._entry(self.metadata.create(parent_inode, name, stat.S_IFLNK | 0o777,
                                                 ctx.uid, ctx.gid, target=target))
 
     @_handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        self._writable()
+        self._writable(inode)
+        self._writable(new_parent_inode, new_name)
         return self._entry(self.metadata.link(inode, new_parent_inode, new_name))
 
     @_handler
     async def unlink(self, parent_inode, name, ctx):
-        self._writable()
+        self._writable(parent_inode, name)
         self.metadata.unlink(parent_inode, name)
 
     @_handler
     async def rmdir(self, parent_inode, name, ctx):
-        self._writable()
+        self._writable(parent_inode, name)
         self.metadata.rmdir(parent_inode, name)
 
     @_handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self._writable()
+        self._writable(parent_inode_old, name_old)
+        self._writable(parent_inode_new, name_new)
         self.metadata.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     # -- files -----------------------------------------------------------------------
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
-        self._writable()
+        self._writable(parent_inode, name)
         node = self.metadata.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
                                     ctx.uid, ctx.gid)
         fh = self._open_handle(node.ino)
@@ -217,7 +225,7 @@ class Operations(pyfuse3.Operations):
         if node.dir is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
-            self._writable()
+            self._writable(inode)
         if flags & os.O_TRUNC and node.size:
             await self.data.truncate(inode, 0)  # the kernel drops its pages itself
         return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=True)
@@ -298,6 +306,8 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ---------------------------------------------------------
     @_handler
     async def getxattr(self, inode, name, ctx):
+        if self.snapshots is not None and name in SNAPSHOT_XATTRS:
+            return await self.snapshots.get(inode, name)
         if name.startswith(CONTROL_PREFIX):
             self.metadata.inode(inode)
             return await self.control.get(name)
@@ -305,10 +315,14 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def setxattr(self, inode, name, value, ctx):
+        if self.snapshots is not None and name in SNAPSHOT_XATTRS:
+            if name != SNAPSHOT_LIST:
+                self._writable()
+            return await self.snapshots.set(inode, name, value)
         if name.startswith(CONTROL_PREFIX):
             self.metadata.inode(inode)
             return await self.control.set(name, value)
-        self._writable()
+        self._writable(inode)
         self.metadata.setxattr(inode, name, value)
 
     @_handler
@@ -319,5 +333,5 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         if name.startswith(CONTROL_PREFIX):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        self._writable()
+        self._writable(inode)
         self.metadata.removexattr(inode, name)

@@ -33,6 +33,9 @@ class Op(IntEnum):
     SET = 11     # set id, size: a new backing resiliency set
     NEXT = 12    # next inode number (checkpoints)
     FORMAT = 13  # scheme, chunk size, set size: how new data sets are made (mkfs)
+    SNAPSET = 14  # set id, size, snapshot id: a read-only set holding a snapshot's data
+    SNAPSHOT = 15  # id, name, time, source ino, top ino, first ino, last ino, bytes, sources
+    UNSNAPSHOT = 16  # snapshot id: the snapshot and its sets are gone (inodes DELETEd before)
 
 
 LAYOUTS = {
@@ -49,6 +52,9 @@ LAYOUTS = {
     Op.SET: "QQ",
     Op.NEXT: "Q",
     Op.FORMAT: "BQQ",
+    Op.SNAPSET: "QQQ",
+    Op.SNAPSHOT: "QBqQQQQQB",
+    Op.UNSNAPSHOT: "Q",
 }
 
 # SETATTR mask bits

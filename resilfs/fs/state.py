@@ -37,6 +37,22 @@ class Format:
     set_size: int
 
 
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot (resilfs.fs.snapshots): its copy of the tree is inodes first..last, the
+    top one named ``name`` in ``.snapshots``; ``sources`` are the inodes it copied."""
+
+    snap_id: int
+    name: bytes
+    time: int
+    source: int
+    top: int
+    first: int
+    last: int
+    size: int
+    sources: frozenset
+
+
 class Directory:
     """Names of a directory: a dict for lookups plus stable readdir cookies.
 
@@ -116,10 +132,18 @@ class State:
         self.next_ino = ROOT_INODE
         self.allocator = Allocator()
         self.format: Format | None = None
+        # snapshots: read-only sets outside the allocator (set id -> (size, snapshot id))
+        self.snapsets: dict[int, tuple[int, int]] = {}
+        self.snapshots: dict[int, SnapshotInfo] = {}
 
     @property
     def next_set_id(self) -> int:
         return max(self.allocator.set_sizes(), default=0) + 1
+
+    def _free(self, pieces) -> None:
+        for piece in pieces:
+            if piece[0] not in self.snapsets:  # snapshot sets are freed whole
+                self.allocator.free(*piece)
 
     def apply(self, record) -> None:
         """Change the state as ``record`` says; CorruptRecord if it does not fit."""
@@ -189,8 +213,7 @@ class State:
             node.gid = gid
         if mask & ATTR_SIZE:
             if size < node.size and node.extents is not None:
-                for piece in node.extents.cut(page_up(size)):
-                    self.allocator.free(*piece)
+                self._free(node.extents.cut(page_up(size)))
             node.size = size
         if mask & ATTR_ATIME:
             node.atime = atime
@@ -213,13 +236,13 @@ class State:
 
     def _map(self, ino, file_offset, length, set_id, set_offset):
         self.inodes[ino].extents.add(file_offset, length, set_id, set_offset)
-        self.allocator.mark_used(set_id, set_offset, length)
+        if set_id not in self.snapsets:
+            self.allocator.mark_used(set_id, set_offset, length)
 
     def _delete(self, ino):
         node = self.inodes.pop(ino)
         if node.extents is not None:
-            for piece in node.extents.cut(0):
-                self.allocator.free(*piece)
+            self._free(node.extents.cut(0))
 
     def _set(self, set_id, size):
         self.allocator.add_set(set_id, size)
@@ -229,6 +252,20 @@ class State:
 
     def _next(self, next_ino):
         self.next_ino = max(self.next_ino, next_ino)
+
+    def _snapset(self, set_id, size, snap_id):
+        self.snapsets[set_id] = (size, snap_id)
+
+    def _snapshot(self, snap_id, name, time, source, top, first, last, size, sources):
+        ids = frozenset(int.from_bytes(sources[i:i + 8], "little")
+                        for i in range(0, len(sources), 8))
+        self.snapshots[snap_id] = SnapshotInfo(snap_id, name, time, source, top, first, last,
+                                               size, ids)
+
+    def _unsnapshot(self, snap_id):
+        del self.snapshots[snap_id]
+        for set_id in [k for k, (_, sid) in self.snapsets.items() if sid == snap_id]:
+            del self.snapsets[set_id]
 
     # -- checkpoints and comparisons ------------------------------------------------
     def checkpoint_records(self) -> Iterator[tuple]:
@@ -242,6 +279,8 @@ class State:
             yield Op.FORMAT, f.scheme.encode(), f.chunk_size, f.set_size
         for set_id, size in self.allocator.set_sizes().items():
             yield Op.SET, set_id, size
+        for set_id, (size, snap_id) in self.snapsets.items():
+            yield Op.SNAPSET, set_id, size, snap_id
         yield Op.NEXT, self.next_ino
         for n in self.inodes.values():
             yield (Op.INODE, n.ino, n.mode, n.uid, n.gid, n.rdev, n.size, n.atime, n.mtime,
@@ -255,6 +294,9 @@ class State:
             if n.extents is not None:
                 for extent in n.extents:
                     yield (Op.MAP, n.ino, *extent)
+        for i in self.snapshots.values():
+            yield (Op.SNAPSHOT, i.snap_id, i.name, i.time, i.source, i.top, i.first, i.last,
+                   i.size, b"".join(x.to_bytes(8, "little") for x in sorted(i.sources)))
 
     def snapshot(self) -> dict:
         """Everything that matters, as plain data: two states are equal if these are."""
@@ -266,7 +308,8 @@ class State:
                 [(name, ino) for _, name, ino in n.dir.listing()] if n.dir is not None else None,
                 list(n.extents) if n.extents is not None else None)
         return {"inodes": inodes, "next_ino": self.next_ino, "format": self.format,
-                "sets": self.allocator.set_sizes(), "free": self.allocator.free_ranges()}
+                "sets": self.allocator.set_sizes(), "free": self.allocator.free_ranges(),
+                "snapsets": dict(self.snapsets), "snapshots": dict(self.snapshots)}
 
 
 _APPLY = {
@@ -274,5 +317,6 @@ _APPLY = {
     Op.UNLINK: State._unlink, Op.RENAME: State._rename, Op.SETATTR: State._setattr,
     Op.WRITTEN: State._written, Op.XATTR: State._xattr, Op.MAP: State._map,
     Op.DELETE: State._delete, Op.SET: State._set, Op.NEXT: State._next,
-    Op.FORMAT: State._format,
+    Op.FORMAT: State._format, Op.SNAPSET: State._snapset, Op.SNAPSHOT: State._snapshot,
+    Op.UNSNAPSHOT: State._unsnapshot,
 }
