@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "down": "down",
     "status": "status",
     "scrub": "scrub",
+    "snapshot": "snapshot",
 }
 
 

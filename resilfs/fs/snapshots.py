@@ -159,8 +159,10 @@ class Snapshots:
         snaps: list[setsnap.SetSnapshot] = []
         async with AsyncExitStack() as stack:
             try:
-                for s, old in zip(sets, set_ids, strict=True):
-                    snaps.append(await setsnap.prepare(s, set_name(new_ids[old])))
+                prepared = await _each(
+                    lambda pair: setsnap.prepare(pair[0], set_name(new_ids[pair[1]])),
+                    list(zip(sets, set_ids, strict=True)), snaps)
+                snaps[:] = prepared
                 for s in sets:  # ascending set ids: quiescers never deadlock
                     await stack.enter_async_context(setsnap.quiesce(s))
                 if ino not in self.state.inodes:
@@ -169,10 +171,8 @@ class Snapshots:
                     await self._undo(snaps)
                     return None
                 tree = self._capture(ino)  # the snapshot's instant: no write in flight
-                for snap in snaps:
-                    await setsnap.take(snap)
-                for snap in snaps:
-                    await setsnap.save(snap)
+                await _each(setsnap.take, snaps)
+                await _each(setsnap.save, snaps)
             except NoPlacement as exc:
                 await self._undo(snaps)
                 raise NoSpace(f"no room for snapshot {name!r}: {exc}") from None
@@ -439,6 +439,29 @@ class Snapshots:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
 
+async def _each(fn, items, done=None) -> list:
+    """``await fn(item)`` for every item concurrently (sets are independent); results in
+    order. If any raise, the first error is raised after all finished; ``done`` then
+    holds the results that were obtained (for undoing them)."""
+    results: list = [None] * len(items)
+    errors: list[BaseException] = []
+
+    async def one(k, item):
+        try:
+            results[k] = await fn(item)
+        except Exception as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for k, item in enumerate(items):
+            nursery.start_soon(one, k, item)
+    if errors:
+        if done is not None:
+            done[:] = [r for r in results if r is not None]
+        raise errors[0]
+    return results
+
+
 def _check_name(value: bytes) -> bytes:
     name = bytes(value)
     if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
@@ -446,8 +469,3 @@ def _check_name(value: bytes) -> bytes:
     if len(name) > NAME_MAX:
         raise refuse(errno.EINVAL, "snapshot name too long")
     return name
-
-
-def _same_kind(a, b) -> bool:
-    return stat.S_IFMT(a.mode) == stat.S_IFMT(b.mode) and a.target == b.target \
-        and a.rdev == b.rdev

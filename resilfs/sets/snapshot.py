@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..transport.base import NoSpace, RegionHandle, TransportError
+from ..transport.base import ApplianceUnavailable, NoSpace, RegionHandle, TransportError
 from . import membership as records
 from .errors import NoPlacement, SetError, SetUnavailable
 from .membership import FAILED, OK, REBUILDING, Member, Membership
@@ -95,16 +95,36 @@ async def take(snap: SetSnapshot) -> None:
     changed except what ``undo`` reverts.
     """
     s = snap.source
-    index = _splittable(s)
-    if index is not None and snap.replacement is not None:
-        await _split(snap, index)
-    else:
-        await _free_quietly(s, snap.replacement)
-        snap.replacement = None
-        await _clone(snap)
+    if _splittable(s) is not None and snap.replacement is not None:
+        await _probe(s)  # a member on a dead appliance the set has not noticed yet
+        index = _splittable(s)
+        if index is not None and await _split(snap, index):
+            return
+    await _free_quietly(s, snap.replacement)
+    snap.replacement = None
+    await _clone(snap)
 
 
-async def _split(snap: SetSnapshot, index: int) -> None:
+async def _probe(s: ResiliencySet) -> None:
+    """Ask every live member's appliance for its region; mark the silent ones failed."""
+    async def one(i: int, m: Member) -> None:
+        client = None
+        try:
+            client = await s.pool.client(m.appliance)
+            await client.lookup(m.region_id, m.key)
+        except TransportError as e:
+            await s._fail(i, e, client)
+
+    async with trio.open_nursery() as nursery:
+        for i, m in enumerate(s.members):
+            if m.state != FAILED:
+                nursery.start_soon(one, i, m)
+
+
+async def _split(snap: SetSnapshot, index: int) -> bool:
+    """Swap the replacement in for member ``index``; False (swapped back, replacement
+    kept for ``take`` to free) if another member failed meanwhile: the split member would
+    have been the only current copy."""
     s, new = snap.source, snap.replacement
     old = s.members[index]
     s.members[index] = Member(new.appliance, new.region_id, new.key, new.size, REBUILDING,
@@ -112,9 +132,22 @@ async def _split(snap: SetSnapshot, index: int) -> None:
     s.progress[index] = _Progress(s.stripes * s.chunk_size)
     s.changed()
     snap._detached = (index, old)
-    snap.replacement = None
     snap.method = SPLIT
-    await s._persist()
+    try:
+        await s._persist()
+    finally:
+        others_ok = all(m.state == OK for i, m in enumerate(s.members) if i != index)
+        if not others_ok:
+            s.members[index] = old
+            s.progress.pop(index, None)
+            s.changed()
+            snap._detached = None
+            snap.method = None
+            await s._persist()
+    if not others_ok:
+        log.warning("set %s: a member failed during the split; cloning instead", s.set_id)
+        return False
+    snap.replacement = None
     placeholders = [_placeholder(old.appliance, old.size, s.stripes)
                     for _ in range(len(s.members) - 1)]
     snap.membership = _membership(s, snap.set_id, [
@@ -122,6 +155,7 @@ async def _split(snap: SetSnapshot, index: int) -> None:
     log.info("set %s: member %d (region %d on %s) split off as snapshot set %s; region %d "
              "on %s replaces it", s.set_id, index, old.region_id, old.appliance, snap.set_id,
              new.region_id, new.appliance)
+    return True
 
 
 async def _clone(snap: SetSnapshot) -> None:
@@ -131,9 +165,12 @@ async def _clone(snap: SetSnapshot) -> None:
     errors: list[Exception] = []
 
     async def one(i: int, m: Member) -> None:
+        client = None
         try:
             client = await s.pool.client(m.appliance)
             clones[i] = await client.clone(m.handle)
+        except ApplianceUnavailable as e:  # the member is gone: its clone too
+            await s._fail(i, e, client)
         except TransportError as e:
             errors.append(e)
 
@@ -142,6 +179,9 @@ async def _clone(snap: SetSnapshot) -> None:
             if m.state != FAILED:
                 nursery.start_soon(one, i, m)
     snap._clones = list(clones.values())
+    if not errors and any(len([i for i in clones if s.members[i].usable(st)]) < s.k
+                          for st in range(s.stripes)):
+        errors.append(SetUnavailable(f"fewer than {s.k} current members to clone"))
     if errors:
         await _free_all(s, snap._clones)
         snap._clones = []
