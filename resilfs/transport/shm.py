@@ -119,7 +119,8 @@ class ShmClient(StreamClient):
         ref = (region.region_id, region.key)
         mapping = self._mappings.get(ref)
         if populate and mapping is not None:
-            self._drop(ref)
+            # not closed: another task may be using it; it is unmapped once collected
+            del self._mappings[ref]
             mapping = None
         if mapping is None:
             pending = await self._call(Op.SHM_MAP, [REGION_REF.pack(*ref)])
@@ -136,15 +137,19 @@ class ShmClient(StreamClient):
                     mapping = _Mapping(pending.fd, size, slot, region.region_id)
             finally:
                 os.close(pending.fd)
-            old = self._mappings.pop(ref, None)  # a concurrent call mapped it meanwhile
-            if old is not None:
-                old.close()
-            self._mappings[ref] = mapping
-            if len(self._mappings) > MAX_MAPPINGS:
-                self._mappings.popitem(last=False)[1].close()
+            existing = self._mappings.get(ref)
+            if existing is not None and not populate:  # a concurrent call mapped it first
+                mapping.close()
+                mapping = existing
+            else:
+                self._mappings[ref] = mapping
+                if len(self._mappings) > MAX_MAPPINGS:
+                    self._mappings.popitem(last=False)[1].close()
         else:
             self._mappings.move_to_end(ref)
             await self._checkpoint()
+            if self._mappings.get(ref) is not mapping:  # dropped or replaced meanwhile
+                return await self._mapping(region)
         self._check_live(ref, mapping)
         return mapping
 
