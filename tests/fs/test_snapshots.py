@@ -462,3 +462,45 @@ def test_unflushed_writes_are_in_the_snapshot(cluster):
         os.setxattr(p, SNAP, b"dirty")
         got = read(os.path.join(mnt, ".snapshots", "dirty"))
         assert got[:5] == b"mmap!" and got[4096:4104] == b"buffered"
+
+
+def test_directory_snapshot_is_one_instant(cluster):
+    """A writer writes version v to a/x and then to b/y (O_DIRECT, one request each), so at
+    every instant x's version is y's or y's + 1. A snapshot of the tree must show that."""
+    mnt = cluster.mount().mountpoint
+    d = os.path.join(mnt, "pair")
+    os.makedirs(os.path.join(d, "a"))
+    os.makedirs(os.path.join(d, "b"))
+    size = 64 << 10
+    log_path = os.path.join(cluster.workdir, "pair-versions")
+    writer = subprocess.Popen([sys.executable, "-c", PAIR_WRITER, os.path.join(d, "a", "x"),
+                               os.path.join(d, "b", "y"), str(size), log_path])
+    try:
+        assert wait_for(lambda: os.path.exists(log_path) and os.path.getsize(log_path) > 100)
+        for k in range(5):
+            os.setxattr(d, SNAP, f"pair{k}".encode())
+            view = os.path.join(mnt, ".snapshots", f"pair{k}")
+            x, y = (read(os.path.join(view, *part)) for part in (("a", "x"), ("b", "y")))
+            vx, vy = (int(re.match(rb"<v(\d+)>", data).group(1)) for data in (x, y))
+            assert x == stamp(vx, size) and y == stamp(vy, size)
+            assert vx in (vy, vy + 1), (vx, vy)
+            time.sleep(0.1)
+    finally:
+        writer.terminate()
+        writer.wait(10)
+
+
+PAIR_WRITER = r"""
+import mmap, os, sys, time
+x, y, size, log = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+buf = mmap.mmap(-1, size)
+fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644) for p in (x, y)]
+with open(log, "w", buffering=1) as out:
+    v = 0
+    while True:
+        v += 1
+        buf[:] = (b"<v%d>" % v).ljust(64, b".") * (size // 64)
+        for fd in fds:
+            os.pwrite(fd, buf, 0)
+        out.write("%d\n" % v)
+"""
