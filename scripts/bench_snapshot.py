@@ -74,6 +74,7 @@ def main(args=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="16 and 64 MiB files, 1000 files")
     p.add_argument("--files", type=int, default=None, help="files in the tree")
+    p.add_argument("--log", help="keep the mount's log here")
     opts = p.parse_args(args)
     sizes = [16 * MiB, 64 * MiB] if opts.quick else [16 * MiB, 256 * MiB, 1024 * MiB]
     nfiles = opts.files or (1000 if opts.quick else 10_000)
@@ -108,6 +109,8 @@ def main(args=None) -> int:
                 results[f"tree {nfiles} files"] = {"snapshot_s": snap, "copy_s": copy}
             finally:
                 cli("umount", mnt)
+                if opts.log:
+                    subprocess.run(["cp", os.path.join(work, "mount.log"), opts.log])
     print(f"{'what':<22} {'snapshot':>10} {'cp':>10} {'ratio':>8}")
     for what, r in results.items():
         r["ratio"] = r["snapshot_s"] / r["copy_s"]

@@ -84,6 +84,7 @@ class Snapshots:
         self.journal = journal
         self.mountpoint = mountpoint  # None: no kernel to flush or invalidate (unit tests)
         self._lock = trio.Lock()
+        self._phases: dict[str, float] = {}  # seconds per step of the last create (log)
 
     # -- the read-only view ------------------------------------------------------------
     def directory(self) -> int | None:
@@ -141,7 +142,9 @@ class Snapshots:
                 raise refuse(errno.EINVAL, "cannot snapshot what is under .snapshots")
             if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
                 raise refuse(errno.EINVAL, "only files and directories can be snapshotted")
+            started = trio.current_time()
             await self._flush()
+            self._phases = {"flush": trio.current_time() - started}
             for _ in range(ATTEMPTS):
                 info = await self._attempt(ino, name)
                 if info is not None:
@@ -157,14 +160,24 @@ class Snapshots:
         base = max(self.state.snapsets, default=SNAPSET_BASE - 1) + 1
         new_ids = {old: base + k for k, old in enumerate(set_ids)}
         snaps: list[setsnap.SetSnapshot] = []
+        phases, t = self._phases, trio.current_time()
+
+        def phase(what: str) -> None:
+            nonlocal t
+            now = trio.current_time()
+            phases[what] = phases.get(what, 0.0) + now - t
+            t = now
+
         async with AsyncExitStack() as stack:
             try:
                 prepared = await _each(
                     lambda pair: setsnap.prepare(pair[0], set_name(new_ids[pair[1]])),
                     list(zip(sets, set_ids, strict=True)), snaps)
                 snaps[:] = prepared
+                phase("prepare")
                 for s in sets:  # ascending set ids: quiescers never deadlock
                     await stack.enter_async_context(setsnap.quiesce(s))
+                phase("quiesce")
                 if ino not in self.state.inodes:
                     raise refuse(errno.ENOENT, "the file was removed")
                 if sorted(self._sets_of(ino)) != set_ids:
@@ -172,7 +185,9 @@ class Snapshots:
                     return None
                 tree = self._capture(ino)  # the snapshot's instant: no write in flight
                 await _each(setsnap.take, snaps)
+                phase("take")
                 await _each(setsnap.save, snaps)
+                phase("save")
             except NoPlacement as exc:
                 await self._undo(snaps)
                 raise NoSpace(f"no room for snapshot {name!r}: {exc}") from None
@@ -184,10 +199,14 @@ class Snapshots:
                 raise
             info = self._record(name, ino, tree, new_ids, {
                 new_ids[old]: s.size for old, s in zip(set_ids, sets, strict=True)})
+            phase("record")
             await self.journal.commit()
-        log.info("snapshot %r of inode %d: %d inodes, %d bytes, sets %s (%s)", name, ino,
+            phase("commit")
+        phase("release")
+        log.info("snapshot %s of inode %d: %d inodes, %d bytes, sets %s (%s); %s", name, ino,
                  info.last - info.first + 1, info.size, set_ids,
-                 ", ".join(f"{s.source.set_id}: {s.method}" for s in snaps))
+                 ", ".join(f"{s.source.set_id}: {s.method}" for s in snaps),
+                 " ".join(f"{k} {v * 1000:.1f}ms" for k, v in phases.items()))
         await self._invalidate(self.directory(), attr_only=True)
         return info
 
