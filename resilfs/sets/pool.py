@@ -115,6 +115,29 @@ class AppliancePool:
         log.warning("appliance %s marked failed", address)
         await self._close(address, current)
 
+    async def probe(self) -> list[str]:
+        """Ask every connected appliance for its stat, concurrently; drop the ones that fail.
+
+        An appliance that died while nothing used it is otherwise noticed only by the next
+        request that touches it; the rebuild worker probes so that idle sets degrade (and
+        rebuild) too. Each probe is bounded by ``timeout``. Returns the addresses dropped.
+        """
+        dropped = []
+
+        async def probe_one(address: str, client: ApplianceClient) -> None:
+            try:
+                with trio.fail_after(self.timeout):
+                    await client.stat()
+            except (TransportError, trio.TooSlowError) as e:
+                log.warning("appliance %s did not answer a probe: %s", address, e)
+                dropped.append(address)
+                await self.mark_failed(address, client)
+
+        async with trio.open_nursery() as nursery:
+            for address, client in list(self._clients.items()):
+                nursery.start_soon(probe_one, address, client)
+        return dropped
+
     async def _close(self, address: str, current: ApplianceClient) -> None:
         with trio.move_on_after(self.timeout, shield=True):
             try:

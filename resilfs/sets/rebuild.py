@@ -1,7 +1,8 @@
 """The rebuild worker: restores redundancy of degraded sets in the background (claim 20).
 
 It also ends the sets' idle write intents on each pass, so their clearing does not wait
-for the next write.
+for the next write, and every ``probe_interval`` seconds probes the appliances: a member
+whose appliance died while its set was idle is marked failed then, not at the next I/O.
 
 One worker serves every set of a mount. Per failed member it first tries to take the same
 region back (appliance returned with its persist dir: only the stripes it missed are
@@ -37,7 +38,7 @@ class RebuildWorker:
     def __init__(self, *, rate_floor: float | None = 64 << 20, rate_ceiling: float | None = None,
                  replace_after: float = 5.0, poll_interval: float = 0.25,
                  busy_window: float = 0.1, run_bytes: int = 4 << 20,
-                 save_interval: float = 1.0):
+                 save_interval: float = 1.0, probe_interval: float = 1.0):
         self.rate_floor = rate_floor
         self.rate_ceiling = rate_ceiling
         self.replace_after = replace_after
@@ -45,6 +46,8 @@ class RebuildWorker:
         self.busy_window = busy_window
         self.run_bytes = run_bytes
         self.save_interval = save_interval
+        self.probe_interval = probe_interval
+        self._last_probe = float("-inf")
         self._sets: dict[int, ResiliencySet] = {}
         self._wakeup = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -67,6 +70,8 @@ class RebuildWorker:
             while True:
                 self._wakeup = trio.Event()
                 busy = False
+                if trio.current_time() - self._last_probe >= self.probe_interval:
+                    await self._probe()
                 for s in list(self._sets.values()):
                     try:
                         busy |= await self._work(s)
@@ -76,6 +81,18 @@ class RebuildWorker:
                 if not busy:
                     with trio.move_on_after(self.poll_interval):
                         await self._wakeup.wait()
+
+    async def _probe(self) -> None:
+        """Probe the pools of the watched sets; mark members on dropped appliances failed."""
+        self._last_probe = trio.current_time()
+        pools = {id(s.pool): s.pool for s in self._sets.values()}
+        for pool in pools.values():
+            await pool.probe()
+        for s in list(self._sets.values()):
+            try:
+                await s.notice_down_members()
+            except (SetError, TransportError) as e:
+                log.warning("set %s: %s", s.set_id, e)
 
     def stop(self) -> None:
         if self._scope is not None:

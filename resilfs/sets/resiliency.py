@@ -251,6 +251,16 @@ class ResiliencySet:
         for callback in self._listeners:
             callback(self)
 
+    async def notice_down_members(self) -> None:
+        """Mark failed every ok member whose appliance the pool no longer holds, and store
+        the record if that changed it (SetUnavailable if no member takes it)."""
+        down = [i for i, m in enumerate(self.members)
+                if m.state == OK and not self.pool.is_up(m.appliance)]
+        for index in down:
+            self._mark_failed(index, "appliance down")
+        if down:
+            await self._persist()
+
     async def _fail(self, index: int, error: Exception, client: ApplianceClient | None) -> None:
         self._mark_failed(index, str(error) or type(error).__name__)
         await self.pool.mark_failed(self.members[index].appliance, client)

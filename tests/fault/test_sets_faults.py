@@ -466,3 +466,29 @@ async def test_lost_region_is_replaced_at_once(cluster, apps, request):
     await shadow.check(s)
     assert (await s.scrub()).mismatched == []
     await pool.aclose()
+
+
+async def test_idle_set_notices_a_killed_appliance(cluster, apps, request):
+    """An appliance killed while its set sees no I/O: the worker's probe marks the member
+    failed within a few seconds, and redundancy is rebuilt onto a spare."""
+    pool = await make_pool(cluster)
+    s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
+                                   chunk_size=CHUNK)
+    shadow = Shadow(SIZE)
+    data = os.urandom(SIZE)
+    await s.write(0, data)
+    shadow.apply(0, data)
+    victim = s.members[1].appliance
+    worker = RebuildWorker(replace_after=0.3, probe_interval=0.2)
+    worker.watch(s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await wait_for(lambda: not s.status().open_intents, timeout=5)  # truly idle now
+        await kill(cluster, victim)
+        await wait_for(lambda: s.status().state != "healthy", timeout=5)
+        await wait_for(lambda: s.status().state == "healthy", timeout=20)
+        worker.stop()
+    assert victim not in s.status().members
+    await shadow.check(s)
+    assert (await s.scrub()).mismatched == []
+    await pool.aclose()
