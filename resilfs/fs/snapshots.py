@@ -58,6 +58,7 @@ DIR_NAME = b".snapshots"
 SNAPSET_BASE = 1 << 40  # snapshot set ids; data sets are numbered from 1
 COPY_CHUNK = 1 << 20
 ATTEMPTS = 5  # the tree moved to other sets while locks were taken: look again
+SETTLE_TIMEOUT = 60.0  # wait this long for a mirror set's rebuild, then clone it
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -157,6 +158,7 @@ class Snapshots:
             sets = [await self.backing.get(i) for i in set_ids]
         except DataUnavailable as exc:
             raise refuse(errno.EIO, f"cannot snapshot: {exc}") from None
+        await _each(lambda s: setsnap.settle(s, SETTLE_TIMEOUT), sets)
         base = max(self.state.snapsets, default=SNAPSET_BASE - 1) + 1
         new_ids = {old: base + k for k, old in enumerate(set_ids)}
         snaps: list[setsnap.SetSnapshot] = []

@@ -66,6 +66,18 @@ async def quiesce(s: ResiliencySet):
         yield
 
 
+async def settle(s: ResiliencySet, timeout: float) -> None:
+    """Wait, up to ``timeout`` seconds, while a mirror set rebuilds with no member failed
+    (after an earlier snapshot): a split then takes the place of a clone, which copies
+    the whole region inside the appliances (and keeps them busy meanwhile)."""
+    if not s.mirror:
+        return
+    with trio.move_on_after(timeout):
+        while (any(m.state == REBUILDING for m in s.members)
+               and not any(m.state == FAILED for m in s.members)):
+            await trio.sleep(0.05)
+
+
 async def prepare(s: ResiliencySet, set_id: str) -> SetSnapshot:
     """Allocate what the snapshot will need; NoPlacement (nothing allocated) if no room."""
     snap = SetSnapshot(s, set_id)

@@ -504,3 +504,29 @@ with open(log, "w", buffering=1) as out:
             os.pwrite(fd, buf, 0)
         out.write("%d\n" % v)
 """
+
+
+def test_back_to_back_snapshots_on_one_set(tmp_path):
+    """Over shm with 256 MiB sets: a second snapshot while the first one's rebuild runs
+    waits for it and splits again (no whole-region clone); everything stays healthy."""
+    c = make_cluster(tmp_path, count=3, scheme="mirror:2", capacity="1G", transport="shm")
+    try:
+        mnt = c.mount().mountpoint
+        data = os.urandom(64 << 20)
+        with open(os.path.join(mnt, "f"), "wb") as f:
+            f.write(data)
+        with open(os.path.join(mnt, "g"), "wb") as f:
+            f.write(b"small")
+        os.setxattr(os.path.join(mnt, "f"), SNAP, b"first")
+        os.setxattr(os.path.join(mnt, "g"), SNAP, b"second")
+        assert read_uncached(os.path.join(mnt, ".snapshots", "first")) == data
+        assert read(os.path.join(mnt, ".snapshots", "second")) == b"small"
+        log = c.mounts[-1].log_tail(200)
+        assert log.count("split off as snapshot set") == 2 and "WARNING" not in log, log
+        status = json.loads(os.getxattr(mnt, "user.resilfs.status"))
+        assert not status["read_only"]
+        assert wait_for(lambda: all(s["state"] == "healthy" for s in json.loads(
+            os.getxattr(mnt, "user.resilfs.status"))["sets"]), 120)
+    finally:
+        c.close()
+        c.launcher.close()
