@@ -340,8 +340,11 @@ def test_no_room_for_a_snapshot_is_enospc(tmp_path):
         c.launcher.close()
 
 
-def test_parity_snapshot_clones_members(tmp_path):
-    c = make_cluster(tmp_path, count=3, scheme="parity:2+1", capacity="256M",
+@pytest.mark.parametrize("scheme", ["parity:2+1", "ec:2+1"])
+def test_coded_snapshot_clones_members(tmp_path, scheme):
+    """Parity/ec: each member is cloned inside its appliance; the snapshot keeps the
+    redundancy (it reads back with one of its appliances killed)."""
+    c = make_cluster(tmp_path, count=3, scheme=scheme, capacity="256M",
                      mkfs_args=("--set-size", "16M"))
     try:
         mnt = c.mount().mountpoint
@@ -356,6 +359,10 @@ def test_parity_snapshot_clones_members(tmp_path):
         assert "cloned in their appliances" in c.mounts[-1].log_tail(100)
         os.setxattr(p, RESTORE, b"p")
         assert read(p) == data
+        os.setxattr(os.path.join(mnt, "f"), SNAP, b"q")
+        c.launcher.kill(c.apps[2])  # the journal keeps 2 of 3; each set loses one member
+        assert read_uncached(os.path.join(mnt, ".snapshots", "q")) == data
+        assert read_uncached(os.path.join(mnt, ".snapshots", "p")) == data
         os.setxattr(mnt, DELETE, b"p")
     finally:
         c.close()
