@@ -26,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resilfs mkfs", description=__doc__)
     p.add_argument("cluster", help="cluster file (TOML: name, transport, secret_file, appliances)")
     p.add_argument("--scheme", default="mirror:2", help="mirror:N, parity:K+1 or ec:K+M")
+    p.add_argument("--codec", help="codec backend: isal or zfec for ec (default: isal where "
+                   "built); part of the format")
     p.add_argument("--chunk-size", type=size, default=64 * 1024, help="bytes per chunk")
     p.add_argument("--set-size", type=size, default=256 << 20,
                    help="bytes of file data per resiliency set")
@@ -42,11 +44,12 @@ def main(args=None) -> int:
         cluster = clusterfile.load(opts.cluster)
         if opts.chunk_size % 4096:
             raise ResilfsError("--chunk-size must be a multiple of 4K")
-        trio.run(lambda: mkfs(cluster, scheme=opts.scheme, chunk_size=opts.chunk_size,
-                              set_size=opts.set_size, journal_dir=opts.journal_dir,
-                              force=opts.force))
+        codec = trio.run(lambda: mkfs(cluster, scheme=opts.scheme, chunk_size=opts.chunk_size,
+                                      set_size=opts.set_size, codec=opts.codec,
+                                      journal_dir=opts.journal_dir, force=opts.force))
     except ResilfsError as exc:
         print(f"resilfs mkfs: {exc}", file=sys.stderr)
         return 1
-    print(f"formatted {cluster.name}: {opts.scheme} on {len(cluster.appliances)} appliances")
+    print(f"formatted {cluster.name}: {opts.scheme} ({codec} codec) on "
+          f"{len(cluster.appliances)} appliances")
     return 0

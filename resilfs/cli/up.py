@@ -23,6 +23,7 @@ def main(args=None) -> int:
     p.add_argument("mountpoint")
     p.add_argument("--appliances", type=int, help="how many (default: scheme width + 1)")
     p.add_argument("--scheme", default="mirror:2", help="mirror:N, parity:K+1 or ec:K+M")
+    p.add_argument("--codec", help="codec backend: isal or zfec for ec (default: isal)")
     p.add_argument("--capacity", default="1G", help="RAM each appliance lends (e.g. 512M)")
     p.add_argument("--transport", default="shm", choices=["shm", "tcp"])
     p.add_argument("--set-size", type=size,
@@ -61,7 +62,7 @@ def _up(mountpoint: str, scheme: Scheme, count: int, opts) -> int:
         cluster = clusterfile.load(cluster_path)
         set_size = opts.set_size or min(256 << 20, size(opts.capacity) // 4)
         trio.run(lambda: mkfs(cluster, scheme=str(scheme), chunk_size=64 * 1024,
-                              set_size=set_size))
+                              set_size=set_size, codec=opts.codec))
         log_path = os.path.join(state, "mount.log")
         r = subprocess.run([sys.executable, "-m", "resilfs", "mount", cluster_path, mountpoint,
                             "--log", log_path], capture_output=True, text=True, timeout=120)

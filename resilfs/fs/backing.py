@@ -9,6 +9,7 @@ import logging
 
 import trio
 
+from ..codec import make_codec
 from ..scheme import Scheme
 from ..sets import AppliancePool, NoPlacement, RebuildWorker, ResiliencySet, SetError
 from ..transport.base import TransportError
@@ -25,16 +26,18 @@ def set_name(set_id: int) -> str:
 
 
 class SetBacking(Backing):
-    """Sets of one filesystem, created with ``scheme`` and opened lazily."""
+    """Sets of one filesystem, created with ``scheme`` and ``codec`` (a backend name, None:
+    the default here) and opened lazily."""
 
     def __init__(self, pool: AppliancePool, owner: str, scheme: str, *,
                  write_mode: str = "parallel", chunk_size: int = 64 * 1024,
-                 rebuild: RebuildWorker | None = None):
+                 codec: str | None = None, rebuild: RebuildWorker | None = None):
         self.pool = pool
         self.owner = owner
         self.scheme = scheme
         self.write_mode = write_mode
         self.chunk_size = chunk_size
+        self.codec = codec
         self.rebuild = rebuild
         self._sets: dict[int, ResiliencySet] = {}
         self._opening: dict[int, trio.Lock] = {}
@@ -52,7 +55,8 @@ class SetBacking(Backing):
 
     async def create_set(self, set_id: int, size: int) -> None:
         try:
-            s = await ResiliencySet.create(self.pool, self.scheme, None, size, self.owner,
+            codec = make_codec(self.scheme, self.chunk_size, self.codec)
+            s = await ResiliencySet.create(self.pool, self.scheme, codec, size, self.owner,
                                            set_name(set_id), write_mode=self.write_mode,
                                            chunk_size=self.chunk_size)
         except NoPlacement as exc:

@@ -52,14 +52,14 @@ class Metadata:
     @staticmethod
     def format(journal: Journal, uid: int, gid: int, mode: int = 0o755, *,
                scheme: str = "mirror:2", chunk_size: int = 64 * 1024,
-               set_size: int = 256 << 20) -> None:
+               set_size: int = 256 << 20, codec: str = "mirror") -> None:
         """Record a new filesystem: how it makes data sets, and its root directory.
 
         EEXIST if the state is not empty (already formatted).
         """
         if journal.state.inodes or journal.state.format is not None:
             raise refuse(errno.EEXIST, "the filesystem is already formatted")
-        journal.record((Op.FORMAT, scheme.encode(), chunk_size, set_size))
+        journal.record((Op.FORMAT, scheme.encode(), chunk_size, set_size, codec.encode()))
         t = now_ns()
         journal.record((Op.INODE, ROOT_INODE, stat.S_IFDIR | mode, uid, gid, 0, 0, t, t, t,
                         2, None))

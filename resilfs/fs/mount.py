@@ -20,6 +20,7 @@ from functools import partial
 import pyfuse3
 import trio
 
+from ..codec import make_codec
 from ..scheme import Scheme
 from ..sets import RebuildWorker
 from .backing import SetBacking
@@ -56,12 +57,18 @@ def open_store(cluster: Cluster, pool, journal_dir: str | None) -> JournalStore:
 
 
 async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
-               journal_dir: str | None = None, force: bool = False) -> None:
+               codec: str | None = None, journal_dir: str | None = None,
+               force: bool = False) -> str:
     """Write a new, empty filesystem: format record, root directory, first checkpoint.
 
-    Refuses (AlreadyFormatted) when the store already holds one, unless ``force``: then
-    the old metadata is replaced (its data sets are not freed).
+    ``codec`` names the codec backend (None: the best one here for the scheme); it is part
+    of the format, since parity bytes differ between backends. Returns the backend used.
+    Raises BackendUnavailable / CodecError for a backend this client lacks or that does not
+    fit the scheme, before touching the appliances. Refuses (AlreadyFormatted) when the
+    store already holds a filesystem, unless ``force``: then the old metadata is replaced
+    (its data sets are not freed).
     """
+    codec = make_codec(scheme, chunk_size, codec).backend
     async with AsyncExitStack() as stack:
         pool = await cluster.pool()
         stack.push_async_callback(pool.aclose)
@@ -73,11 +80,12 @@ async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
                                    f"(use --force to replace it)")
         fresh = Journal(store, State())
         Metadata.format(fresh, os.getuid(), os.getgid(), scheme=scheme,
-                        chunk_size=chunk_size, set_size=set_size)
+                        chunk_size=chunk_size, set_size=set_size, codec=codec)
         # one atomic checkpoint, no batch: a crash leaves the old filesystem or the new one
         await store.write_checkpoint(encode_checkpoint(fresh.state))
-        log.info("formatted %s: %s, chunk %d, sets of %d bytes", cluster.name, scheme,
-                 chunk_size, set_size)
+        log.info("formatted %s: %s (%s), chunk %d, sets of %d bytes", cluster.name, scheme,
+                 codec, chunk_size, set_size)
+    return codec
 
 
 async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = None,
@@ -95,13 +103,14 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         if fmt is None:
             raise NotFormatted(f"no filesystem named {cluster.name!r} on these appliances "
                                f"(run resilfs mkfs first)")
+        make_codec(fmt.scheme, fmt.chunk_size, fmt.codec)  # BackendUnavailable: say so now
         metadata = Metadata(journal)
         orphans = metadata.remove_orphans()
         if orphans:
             log.info("deleted %d files left open by a crash", orphans)
         rebuild = RebuildWorker()
         backing = SetBacking(pool, cluster.name, fmt.scheme, write_mode=write_mode,
-                             chunk_size=fmt.chunk_size, rebuild=rebuild)
+                             chunk_size=fmt.chunk_size, codec=fmt.codec, rebuild=rebuild)
         stack.push_async_callback(backing.aclose)
         scheme = Scheme.parse(fmt.scheme)
         stripe = fmt.chunk_size * scheme.data_chunks if scheme.data_chunks > 1 else PAGE

@@ -32,7 +32,7 @@ class Op(IntEnum):
     DELETE = 10  # ino: the inode and its extents are gone
     SET = 11     # set id, size: a new backing resiliency set
     NEXT = 12    # next inode number (checkpoints)
-    FORMAT = 13  # scheme, chunk size, set size: how new data sets are made (mkfs)
+    FORMAT = 13  # scheme, chunk size, set size, codec backend: how new data sets are made
     SNAPSET = 14  # set id, size, snapshot id: a read-only set holding a snapshot's data
     SNAPSHOT = 15  # id, name, time, source ino, top ino, first ino, last ino, bytes, sources
     UNSNAPSHOT = 16  # snapshot id: the snapshot and its sets are gone (inodes DELETEd before)
@@ -51,7 +51,7 @@ LAYOUTS = {
     Op.DELETE: "Q",
     Op.SET: "QQ",
     Op.NEXT: "Q",
-    Op.FORMAT: "BQQ",
+    Op.FORMAT: "BQQB",
     Op.SNAPSET: "QQQ",
     Op.SNAPSHOT: "QBqQQQQQB",
     Op.UNSNAPSHOT: "Q",

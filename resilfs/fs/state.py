@@ -35,6 +35,7 @@ class Format:
     scheme: str
     chunk_size: int
     set_size: int
+    codec: str  # the codec backend ("mirror", "xor", "isal", "zfec"): parity bytes differ
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,8 @@ class State:
     def _set(self, set_id, size):
         self.allocator.add_set(set_id, size)
 
-    def _format(self, scheme, chunk_size, set_size):
-        self.format = Format(scheme.decode(), chunk_size, set_size)
+    def _format(self, scheme, chunk_size, set_size, codec):
+        self.format = Format(scheme.decode(), chunk_size, set_size, codec.decode())
 
     def _next(self, next_ino):
         self.next_ino = max(self.next_ino, next_ino)
@@ -276,7 +277,7 @@ class State:
         """
         if self.format is not None:
             f = self.format
-            yield Op.FORMAT, f.scheme.encode(), f.chunk_size, f.set_size
+            yield Op.FORMAT, f.scheme.encode(), f.chunk_size, f.set_size, f.codec.encode()
         for set_id, size in self.allocator.set_sizes().items():
             yield Op.SET, set_id, size
         for set_id, (size, snap_id) in self.snapsets.items():

@@ -235,6 +235,9 @@ def test_umount_command_and_bad_input(fs_cluster):
     assert r.returncode == 1 and "--force" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("mkfs", fs_cluster.cluster, "--scheme", "ec:0+1")
     assert r.returncode == 1 and "Traceback" not in r.stderr
+    for codec in ("xor", "nonesuch"):  # xor cannot do ec; nonesuch does not exist
+        r = run_cli("mkfs", fs_cluster.cluster, "--force", "--scheme", "ec:2+1", "--codec", codec)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and codec in r.stderr, r.stderr
     r = run_cli("mount", "/nonexistent.toml", fs_cluster.mountpoint)
     assert r.returncode == 1 and r.stderr.count("\n") == 1
     r = run_cli("mount", fs_cluster.cluster, fs_cluster.mountpoint, "-o", "max_read=1")

@@ -10,12 +10,12 @@ from tests.fs.conftest import make_cluster
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.mark.parametrize("scheme,count,transport", [
-    ("mirror:2", 3, "shm"), ("parity:2+1", 3, "tcp"), ("ec:4+2", 6, "shm"),
-    ("ec:4+2", 6, "tcp")])
-def test_data_roundtrip_and_remount(tmp_path, scheme, count, transport):
+@pytest.mark.parametrize("scheme,count,transport,codec", [
+    ("mirror:2", 3, "shm", "mirror"), ("parity:2+1", 3, "tcp", "xor"),
+    ("ec:4+2", 6, "shm", "isal"), ("ec:4+2", 6, "tcp", "zfec")])
+def test_data_roundtrip_and_remount(tmp_path, scheme, count, transport, codec):
     c = make_cluster(tmp_path, count=count, scheme=scheme, transport=transport,
-                     capacity="256M", mkfs_args=("--set-size", "64M"))
+                     capacity="256M", mkfs_args=("--set-size", "64M", "--codec", codec))
     try:
         c.mount()
         files = {f"f{i}": os.urandom(n) for i, n in enumerate((0, 1, 4095, 4097, 300_000,
