@@ -62,7 +62,7 @@ def _splittable(s: ResiliencySet) -> int | None:
 @asynccontextmanager
 async def quiesce(s: ResiliencySet):
     """Hold every stripe of ``s``: in-flight writes drain, new ones wait (claim 10)."""
-    async with s.locks.hold(range(s.stripes)):
+    async with s.locks.hold_all():
         yield
 
 
