@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT = 10.0  # seconds a new connection has to authenticate
 MAX_CONNECTIONS = 256
 FRAMES_PER_CHECKPOINT = 16  # frames served without blocking before yielding to others
+CLONE_STEP = 8 << 20  # bytes a clone copies between checkpoints (~0.5 ms)
 
 
 class Appliance:
@@ -414,8 +415,24 @@ class Connection:
         return b""
 
     async def _clone(self, r: Reader):
+        """Copy a region into a new one, CLONE_STEP bytes at a time with a checkpoint between
+        steps, so that a large clone does not stall every other client of this appliance.
+
+        A source freed meanwhile (or a cancelled clone) frees the copy and fails the clone
+        with NoSuchRegion (or the cancellation); the source is never modified.
+        """
         region_id, key = REGION_REF.unpack(r.raw(REGION_REF.size))
-        region = self.a.store.clone(region_id, key)
+        source = self.a.store.get(region_id, key)
+        region = self.a.store.alloc(source.size, source.owner)
+        try:
+            for start in range(0, source.size, CLONE_STEP):
+                await trio.lowlevel.checkpoint()
+                source = self.a.store.get(region_id, key)  # no await until the copy is done
+                end = min(start + CLONE_STEP, source.size)
+                region.view[start:end] = source.view[start:end]
+        except BaseException:
+            self.a.store.free(region.region_id, region.key)
+            raise
         log.info("cloned region %d into region %d (%d bytes, %s)", region_id,
                  region.region_id, region.size, self.peer)
         return self._describe(region)

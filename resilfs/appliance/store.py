@@ -180,12 +180,6 @@ class RegionStore:
         self._free_slots.append(region.slot)
         return region
 
-    def clone(self, region_id: int, key: int) -> Region:
-        source = self.get(region_id, key)
-        copy = self.alloc(source.size, source.owner)
-        copy.view[:] = source.view
-        return copy
-
     def list(self, owner: str | None = None) -> list[RegionInfo]:
         return [RegionInfo(r.region_id, r.size, r.owner) for r in self._regions.values()
                 if owner is None or r.owner == owner]

@@ -225,3 +225,54 @@ async def test_metrics_and_log_lines(launcher):
         log = f.read()
     assert "allocated region" in log and "OutOfBounds refused" in log
     assert "connection 127.0.0.1:" in log and "closed by client" in log
+
+
+async def test_large_clone_keeps_the_appliance_answering(launcher):
+    """A clone copies in steps: other clients keep getting answers well within their
+    timeout while a 256 MiB region is cloned, and the copy is exact."""
+    app = launcher.start(1, capacity="600M")[0]
+    cloner = await connect(app.address, secret=launcher.secret, timeout=10)
+    other = await connect(app.address, secret=launcher.secret, timeout=0.25)
+    size = 256 * MiB
+    region = await cloner.alloc(size, "fault")
+    await cloner.write(region, 0, b"head")
+    await cloner.write(region, size - 4, b"tail")
+    answered = 0
+    done = trio.Event()
+
+    async def probe():
+        nonlocal answered
+        while not done.is_set():
+            await other.stat()  # ApplianceUnavailable if the appliance stalls > 0.25 s
+            answered += 1
+            await trio.sleep(0.002)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe)
+        copy = await cloner.clone(region)
+        done.set()
+    assert answered > 0
+    assert bytes(await cloner.read(copy, 0, 4)) == b"head"
+    assert bytes(await cloner.read(copy, size - 4, 4)) == b"tail"
+
+
+async def test_source_freed_during_clone_leaks_nothing(launcher):
+    app = launcher.start(1, capacity="600M")[0]
+    cloner = await connect(app.address, secret=launcher.secret, timeout=10)
+    freer = await connect(app.address, secret=launcher.secret)
+    region = await cloner.alloc(256 * MiB, "fault")
+    copies = []
+
+    async def clone():
+        try:
+            copies.append(await cloner.clone(region))
+        except NoSuchRegion:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clone)
+        await trio.sleep(0.001)
+        await freer.free(region)
+    for copy in copies:  # the clone finished first: the copy is a region of its own
+        await cloner.free(copy)
+    assert (await freer.stat()).used == 0
