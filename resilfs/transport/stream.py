@@ -221,54 +221,55 @@ class StreamClient(ApplianceClient):
     def _complete(self, length: int, op: int, status: int, request_id: int, payload) -> None:
         """``_read_frame`` for a frame that was entirely buffered (``FrameReader.frame_now``):
         no awaits, no coroutines; ``payload`` is copied out before anything else is read."""
-        pending = self._pending.pop(request_id, None)
-        if pending is None:  # abandoned by a cancelled caller
-            if op in FD_OPS and status == Status.OK and self._fds:
-                os.close(self._fds.pop(0))
+        pending = self._claim(length, op, status, request_id)
+        if pending is None:
             return
         if status == Status.OK and pending.dest is not None:
-            if length != pending.dest_len:
-                raise ProtocolViolation(f"read reply of {length} bytes, "
-                                        f"expected {pending.dest_len}")
             pos = 0
             for view in pending.dest:
                 end = pos + len(view)
                 view[:] = payload[pos:end]
                 pos = end
         else:
-            if length > MAX_CONTROL:
-                raise ProtocolViolation(f"oversized reply of {length} bytes")
             pending.payload = bytes(payload)
-            if op in FD_OPS and status == Status.OK:
-                if not self._fds:
-                    raise ProtocolViolation("reply without its file descriptor")
-                pending.fd = self._fds.pop(0)
-        pending.status = status
-        if pending.event is not None:
-            pending.event.set()
+        self._finish(pending, op, status)
 
     async def _read_frame(self) -> None:
         length, op, status, request_id = await self._reader.read_header()
+        pending = self._claim(length, op, status, request_id)
+        if pending is None:
+            await self._reader.skip(length)
+            return
+        if status == Status.OK and pending.dest is not None:
+            for view in pending.dest:
+                await self._reader.read_into(view)
+        else:
+            pending.payload = await self._reader.read_bytes(length)
+        self._finish(pending, op, status)
+
+    def _claim(self, length: int, op: int, status: int, request_id: int) -> _Pending | None:
+        """The call a reply frame answers, with the frame's length checked; None if that call
+        was abandoned (its passed file descriptor, if any, is closed; the caller skips the
+        payload). ProtocolViolation for a length the call cannot take."""
         pending = self._pending.pop(request_id, None)
         if pending is None:  # abandoned by a cancelled caller
-            await self._reader.skip(length)
             if op in FD_OPS and status == Status.OK and self._fds:
                 os.close(self._fds.pop(0))
-            return
+            return None
         if status == Status.OK and pending.dest is not None:
             if length != pending.dest_len:
                 raise ProtocolViolation(f"read reply of {length} bytes, "
                                         f"expected {pending.dest_len}")
-            for view in pending.dest:
-                await self._reader.read_into(view)
-        else:
-            if length > MAX_CONTROL:
-                raise ProtocolViolation(f"oversized reply of {length} bytes")
-            pending.payload = await self._reader.read_bytes(length)
-            if op in FD_OPS and status == Status.OK:
-                if not self._fds:
-                    raise ProtocolViolation("reply without its file descriptor")
-                pending.fd = self._fds.pop(0)
+        elif length > MAX_CONTROL:
+            raise ProtocolViolation(f"oversized reply of {length} bytes")
+        return pending
+
+    def _finish(self, pending: _Pending, op: int, status: int) -> None:
+        """Hand a call its reply's status (and passed file descriptor) and wake it."""
+        if op in FD_OPS and status == Status.OK and pending.dest is None:
+            if not self._fds:
+                raise ProtocolViolation("reply without its file descriptor")
+            pending.fd = self._fds.pop(0)
         pending.status = status
         if pending.event is not None:
             pending.event.set()
