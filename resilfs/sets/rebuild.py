@@ -73,6 +73,8 @@ class RebuildWorker:
                 if trio.current_time() - self._last_probe >= self.probe_interval:
                     await self._probe()
                 for s in list(self._sets.values()):
+                    if s.closed:
+                        continue
                     try:
                         busy |= await self._work(s)
                         await s.intents.end_idle()  # batched clearing while writes pause
@@ -137,7 +139,7 @@ class RebuildWorker:
         moved = 0
         last_save = trio.current_time()
         for run in contiguous(sorted(member.dirty), run_stripes(s, self.run_bytes)):
-            if s.members[index] is not member or member.state != REBUILDING:
+            if s.closed or s.members[index] is not member or member.state != REBUILDING:
                 break
             started = trio.current_time()
             n = await rebuild_run(s, index, run)

@@ -107,6 +107,7 @@ class ResiliencySet:
         self.resynced_stripes = 0  # stripes the last open resynced for unfinished writes
         self.rebuilt_bytes = 0  # bytes written to rebuilding members, ever
         self._closed = False
+        self._destroyed = False  # records deleted: nothing may store the record again
 
     # -- construction -------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class ResiliencySet:
         After this the set object must not be used. Appliances that are down keep their
         region and a stale record until they are wiped.
         """
-        self._closed = True
+        self._closed = self._destroyed = True
         name = records.record_name(self.set_id)
         await self._each_live(lambda c: c.record_delete(self.owner, name), "record delete")
         for address in self.pool.up():  # the witnesses' copies
@@ -261,9 +262,18 @@ class ResiliencySet:
         if down:
             await self._persist()
 
+    @property
+    def closed(self) -> bool:
+        """Closed or destroyed: no more I/O, and background work on it should stop."""
+        return self._closed
+
     async def _fail(self, index: int, error: Exception, client: ApplianceClient | None) -> None:
+        """Mark member ``index`` failed. Only an unreachable appliance is dropped from the
+        pool: one that refused (a freed region, a wrong key) answered, and its connection
+        stays for the other sets that use it."""
         self._mark_failed(index, str(error) or type(error).__name__)
-        await self.pool.mark_failed(self.members[index].appliance, client)
+        if isinstance(error, ApplianceUnavailable):
+            await self.pool.mark_failed(self.members[index].appliance, client)
 
     def usable(self, stripe: int) -> list[int]:
         """Members whose copy of ``stripe`` is current."""
@@ -286,8 +296,10 @@ class ResiliencySet:
 
         Concurrent callers share one write. Members that fail meanwhile are marked failed
         and the record written again. Raises SetUnavailable if no member took it, and
-        SetConflict if another client changed it.
+        SetConflict if another client changed it. Does nothing once the set is destroyed.
         """
+        if self._destroyed:
+            return
         wanted = self._version
         async with self._persist_lock:
             while self._saved_version < wanted:

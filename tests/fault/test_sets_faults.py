@@ -460,6 +460,7 @@ async def test_lost_region_is_replaced_at_once(cluster, apps, request):
     await s.write(100, b"after")  # the parity member refuses: failed
     shadow.apply(100, b"after")
     assert s.status().failed == (4,)
+    assert pool.is_up(lost.appliance)  # it answered: its connection stays for other sets
     await rebuild_until_healthy(s, replace_after=60, timeout=10)
     assert s.members[4].region_id != lost.region_id or s.members[4].appliance != lost.appliance
     assert s.rebuilt_bytes == s.stripes * CHUNK
