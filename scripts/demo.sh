@@ -37,17 +37,25 @@ sync; echo 3 > /proc/sys/vm/drop_caches
 (cd "$MOUNT" && sha256sum --quiet -c /tmp/resilfs-demo.sha256) && echo "every file reads back byte-exact"
 
 say "resilfs status: the set is degraded, then rebuilds onto the spare appliance"
-for _ in $(seq 1 30); do
-  resilfs status "$MOUNT"
+for _ in $(seq 1 60); do
   resilfs status "$MOUNT" --json | python3 -c '
 import json, sys
-sys.exit(0 if all(s["state"] == "healthy" for s in json.load(sys.stdin)["sets"]) else 1)' && break
-  sleep 1
+sets = json.load(sys.stdin)["sets"]
+print("  " + ", ".join(f"set {s['"'"'id'"'"']}: {s['"'"'state'"'"']}" for s in sets))
+sys.exit(0 if all(s["state"] == "healthy" for s in sets) else 1)' && break
+  sleep 0.5
 done
+resilfs status "$MOUNT"
+
+say "a snapshot: setfattr -n user.resilfs.snapshot -v demo $MOUNT/source"
+setfattr -n user.resilfs.snapshot -v demo "$MOUNT/source"
+echo "changed after the snapshot" >> "$MOUNT/source/__init__.py"
+diff -q "$MOUNT/.snapshots/demo/__init__.py" "$MOUNT/source/__init__.py" || true
+resilfs snapshot list "$MOUNT"
 
 say "the demo stays mounted on $MOUNT"
 cat <<TEXT
   look around:   ls -l $MOUNT; resilfs status $MOUNT --watch
-  snapshot:      (coming with the snapshots issue)
+  snapshots:     ls $MOUNT/.snapshots/demo; resilfs snapshot restore $MOUNT/source demo
   stop it all:   resilfs down $MOUNT
 TEXT
