@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..codec import Codec, make_codec
+from ..codec.geometry import map_range, stripes_in_range
 from ..scheme import Scheme
 from ..transport.base import ApplianceClient, ApplianceUnavailable, RegionHandle, TransportError
 from ..transport.shm import ShmClient
@@ -382,6 +383,15 @@ class ResiliencySet:
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _start_io(self, offset: int, buffer) -> tuple[memoryview, range]:
+        """The byte view of a read or write buffer and the stripes it touches (empty for
+        no bytes); SetError if the set is closed or the range is outside it."""
+        view = _flat(buffer)
+        self._check_range(offset, view.nbytes)
+        if view.nbytes:
+            self.last_activity = trio.current_time()
+        return view, stripes_in_range(offset, view.nbytes, self.k, self.chunk_size)
+
     def _check_range(self, offset: int, length: int) -> None:
         if self._closed:
             raise SetError(f"set {self.set_id!r} is closed")
@@ -467,13 +477,9 @@ class ResiliencySet:
         fewer than K current members. Members that fail meanwhile are marked failed and
         the read is retried from the others.
         """
-        view = _flat(buffer)
-        length = view.nbytes
-        self._check_range(offset, length)
-        if length == 0:
+        view, stripes = self._start_io(offset, buffer)
+        if not stripes:
             return
-        self.last_activity = trio.current_time()
-        stripes = range(offset // self.stripe_size, (offset + length - 1) // self.stripe_size + 1)
         while True:
             self._require(stripes)
             if self.mirror or all(m.state == OK and not m.dirty for m in self.members):
@@ -505,18 +511,9 @@ class ResiliencySet:
                 plan.add(c, self.members[c].handle, s * self.chunk_size + a, at, n)
         return not await self.transfer(plan.ranges(view), write=False)
 
-    def _pieces(self, offset: int, length: int):
+    def _pieces(self, offset: int, length: int) -> list:
         """(stripe, data chunk, offset in chunk, length, offset in buffer) of a range."""
-        cs, k = self.chunk_size, self.k
-        number, a = divmod(offset, cs)
-        at = 0
-        while at < length:
-            n = min(cs - a, length - at)
-            s, c = divmod(number, k)
-            yield s, c, a, n, at
-            at += n
-            number += 1
-            a = 0
+        return map_range(offset, length, self.k, self.chunk_size)
 
     async def _read_degraded(self, offset: int, view: memoryview, stripes: range) -> bool:
         """Read current data chunks directly and decode the others; False if a member failed.
@@ -575,13 +572,9 @@ class ResiliencySet:
         and the stripes they missed recorded; raises SetUnavailable when a stripe would
         be left on fewer than K members, SetError for a range outside the set.
         """
-        view = _flat(data)
-        length = view.nbytes
-        self._check_range(offset, length)
-        if length == 0:
+        view, stripes = self._start_io(offset, data)
+        if not stripes:
             return
-        self.last_activity = trio.current_time()
-        stripes = range(offset // self.stripe_size, (offset + length - 1) // self.stripe_size + 1)
         async with self.locks.hold(stripes):
             self._require(stripes)
             token = await self.intents.enter(stripes)
