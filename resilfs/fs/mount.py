@@ -49,11 +49,15 @@ class AlreadyFormatted(FsError):
     """mkfs found a filesystem already there (and was not told --force)."""
 
 
-def open_store(cluster: Cluster, pool, journal_dir: str | None) -> JournalStore:
-    """The journal store: on the appliances, or in ``journal_dir`` (developer option)."""
-    if journal_dir is not None:
-        return DirJournalStore(journal_dir)
-    return ApplianceJournalStore(pool, cluster.name)
+async def open_metadata(stack: AsyncExitStack, cluster: Cluster, journal_dir: str | None):
+    """Connect to the cluster and load its journal: (pool, store, journal), each closed by
+    ``stack``. The store is on the appliances, or in ``journal_dir`` (developer option)."""
+    pool = await cluster.pool()
+    stack.push_async_callback(pool.aclose)
+    store: JournalStore = (DirJournalStore(journal_dir) if journal_dir is not None
+                           else ApplianceJournalStore(pool, cluster.name))
+    stack.push_async_callback(store.aclose)
+    return pool, store, await Journal.load(store)
 
 
 async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
@@ -70,11 +74,7 @@ async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
     """
     codec = make_codec(scheme, chunk_size, codec).backend
     async with AsyncExitStack() as stack:
-        pool = await cluster.pool()
-        stack.push_async_callback(pool.aclose)
-        store = open_store(cluster, pool, journal_dir)
-        stack.push_async_callback(store.aclose)
-        journal = await Journal.load(store)
+        _, store, journal = await open_metadata(stack, cluster, journal_dir)
         if journal.state.format is not None and not force:
             raise AlreadyFormatted(f"a filesystem named {cluster.name!r} exists already "
                                    f"(use --force to replace it)")
@@ -94,11 +94,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
     """Mount and serve until unmounted; see the module docstring."""
     mountpoint = os.path.abspath(mountpoint)
     async with AsyncExitStack() as stack:
-        pool = await cluster.pool()
-        stack.push_async_callback(pool.aclose)
-        store = open_store(cluster, pool, journal_dir)
-        stack.push_async_callback(store.aclose)
-        journal = await Journal.load(store)
+        pool, store, journal = await open_metadata(stack, cluster, journal_dir)
         fmt = journal.state.format
         if fmt is None:
             raise NotFormatted(f"no filesystem named {cluster.name!r} on these appliances "
