@@ -37,6 +37,7 @@ from .metadata import Metadata
 from .operations import Operations
 from .snapshots import Snapshots
 from .state import State
+from .sweep import known_sets, sweep
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         control = Control(cluster.name, metadata, data, backing, journal,
                           lambda: operations.read_only)
         snapshots = Snapshots(metadata, data, backing, journal, mountpoint)
+        # before any set is opened or any region allocated:
+        await snapshots.sets.recover()  # snapshot records a crash kept off the appliances
+        await sweep(pool, cluster.name, known_sets(journal.state))  # regions nothing names
         operations = Operations(metadata, data, journal, control, snapshots=snapshots)
         worker = JournalWorker(journal, commit_interval)
 
@@ -126,6 +130,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 await nursery.start(rebuild.run)
                 nursery.start_soon(signals.run)
                 nursery.start_soon(control.run)
+                nursery.start_soon(snapshots.sets.run)
                 nursery.start_soon(backing.open_all,
                                    sorted(journal.state.allocator.set_sizes()))
                 nursery.start_soon(partial(trio.to_thread.run_sync, tune_when_ready,
@@ -137,6 +142,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 worker.stop()  # its last commit runs before the nursery exits
                 rebuild.stop()
                 control.stop()
+                snapshots.sets.stop()
         finally:
             # main() returns without our help only when the kernel unmounted already
             pyfuse3.close(unmount=signals.received or not signals.stopped)

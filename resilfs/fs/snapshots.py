@@ -45,6 +45,7 @@ from .errors import DataUnavailable, FsError, NoSpace, refuse
 from .journal import Journal
 from .metadata import NAME_MAX, Metadata, now_ns
 from .records import ATTR_CTIME, Op
+from .snapshot_sets import SnapshotSets
 from .state import ROOT_INODE, SnapshotInfo
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ SNAPSET_BASE = 1 << 40  # snapshot set ids; data sets are numbered from 1
 COPY_CHUNK = 1 << 20
 ATTEMPTS = 5  # the tree moved to other sets while locks were taken: look again
 SETTLE_TIMEOUT = 60.0  # wait this long for a mirror set's rebuild, then clone it
+HEALTH_ORDER = ["healthy", "pending", "rebuilding", "degraded", "unavailable"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -86,6 +88,8 @@ class Snapshots:
         self.mountpoint = mountpoint  # None: no kernel to flush or invalidate (unit tests)
         self._lock = trio.Lock()
         self._phases: dict[str, float] = {}  # seconds per step of the last create (log)
+        # the snapshot sets after the call: records, redundancy; run() by the mount
+        self.sets = SnapshotSets(backing, self.state, self._lock)
 
     # -- the read-only view ------------------------------------------------------------
     def directory(self) -> int | None:
@@ -118,8 +122,18 @@ class Snapshots:
                 out.append({"name": i.name.decode(errors="surrogateescape"),
                             "time": i.time / 1e9, "size": i.size,
                             "type": "directory" if top is not None and top.dir is not None
-                            else "file", "files": len(i.sources)})
+                            else "file", "files": len(i.sources),
+                            "health": self._health(i.snap_id)})
         return json.dumps(out).encode()
+
+    def _health(self, snap_id: int) -> str:
+        """The worst state of the snapshot's sets: "pending" for a set not opened yet (a
+        split one is a single copy until then), else the set's status (healthy,
+        rebuilding, degraded, unavailable)."""
+        opened = self.backing.sets()
+        states = ["pending" if set_id not in opened else opened[set_id].status().state
+                  for set_id, (_, sid) in self.state.snapsets.items() if sid == snap_id]
+        return max(states, key=HEALTH_ORDER.index, default="healthy")
 
     async def set(self, ino: int, name: bytes, value: bytes) -> None:
         if name == SNAPSHOT:
@@ -172,24 +186,18 @@ class Snapshots:
 
         async with AsyncExitStack() as stack:
             try:
-                prepared = await _each(
-                    lambda pair: setsnap.prepare(pair[0], set_name(new_ids[pair[1]])),
-                    list(zip(sets, set_ids, strict=True)), snaps)
-                snaps[:] = prepared
-                phase("prepare")
                 for s in sets:  # ascending set ids: quiescers never deadlock
                     await stack.enter_async_context(setsnap.quiesce(s))
                 phase("quiesce")
                 if ino not in self.state.inodes:
                     raise refuse(errno.ENOENT, "the file was removed")
                 if sorted(self._sets_of(ino)) != set_ids:
-                    await self._undo(snaps)
                     return None
+                snaps = await setsnap.prepare(sets, [set_name(new_ids[i]) for i in set_ids])
+                phase("prepare")
                 tree = self._capture(ino)  # the snapshot's instant: no write in flight
                 await _each(setsnap.take, snaps)
                 phase("take")
-                await _each(setsnap.save, snaps)
-                phase("save")
             except NoPlacement as exc:
                 await self._undo(snaps)
                 raise NoSpace(f"no room for snapshot {name!r}: {exc}") from None
@@ -199,8 +207,12 @@ class Snapshots:
             except BaseException:
                 await self._undo(snaps)
                 raise
-            info = self._record(name, ino, tree, new_ids, {
-                new_ids[old]: s.size for old, s in zip(set_ids, sets, strict=True)})
+            # no await from here to the commit: the records and the sets go in together
+            info = self._record(name, ino, tree, {
+                new_ids[old]: (old, s.size, snap.membership.to_bytes())
+                for old, s, snap in zip(set_ids, sets, snaps, strict=True)})
+            for old, s, snap in zip(set_ids, sets, snaps, strict=True):
+                self.sets.adopt(new_ids[old], old, s, setsnap.snapshot_set(snap))
             phase("record")
             await self.journal.commit()
             phase("commit")
@@ -249,9 +261,11 @@ class Snapshots:
                          list(n.extents) if n.extents is not None else None, children))
         return tree
 
-    def _record(self, name: bytes, source: int, tree, new_ids: dict[int, int],
-                sizes: dict[int, int]) -> SnapshotInfo:
-        """Journal the snapshot: its sets, a copy of every inode, the SNAPSHOT record.
+    def _record(self, name: bytes, source: int, tree,
+                snapsets: dict[int, tuple[int, int, bytes]]) -> SnapshotInfo:
+        """Journal the snapshot: its sets (``{new set id: (source set id, size, membership
+        record)}``), a copy of every inode (extents mapped to the new sets), the SNAPSHOT
+        record.
 
         No await: the records go in together, between other requests.
         """
@@ -259,8 +273,10 @@ class Snapshots:
         t = now_ns()
         folder = self._ensure_directory(t)
         snap_id = max(self.state.snapshots, default=0) + 1
-        for set_id in sorted(sizes):
-            record((Op.SNAPSET, set_id, sizes[set_id], snap_id))
+        new_ids = {old: set_id for set_id, (old, _, _) in snapsets.items()}
+        for set_id, (old, size, membership) in sorted(snapsets.items()):
+            record((Op.SNAPSET, set_id, size, snap_id))
+            record((Op.SNAPSET_RECORD, set_id, old, membership))
         first = self.state.next_ino
         new = {entry[0][0]: first + k for k, entry in enumerate(tree)}
         names = {}
@@ -316,6 +332,7 @@ class Snapshots:
             folder = self.directory()
             set_ids = sorted(k for k, (_, sid) in self.state.snapsets.items()
                              if sid == info.snap_id)
+            await self.sets.store_now(set_ids)  # the sources stop naming the regions first
             self.journal.record((Op.UNLINK, folder, name, now_ns()))
             for ino in range(info.first, info.last + 1):
                 if ino in self.state.inodes:
