@@ -158,15 +158,19 @@ class Snapshots:
             if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
                 raise refuse(errno.EINVAL, "only files and directories can be snapshotted")
             started = trio.current_time()
-            await self._flush()
-            self._phases = {"flush": trio.current_time() - started}
+            survey = setsnap.Survey(self.backing.pool)
+            async with trio.open_nursery() as nursery:  # independent: together
+                nursery.start_soon(survey.refresh)
+                await self._flush()
+            self._phases = {"flush+survey": trio.current_time() - started}
             for _ in range(ATTEMPTS):
-                info = await self._attempt(ino, name)
+                info = await self._attempt(ino, name, survey)
                 if info is not None:
                     return info
             raise refuse(errno.EAGAIN, "the tree kept changing sets; try again")
 
-    async def _attempt(self, ino: int, name: bytes) -> SnapshotInfo | None:
+    async def _attempt(self, ino: int, name: bytes,
+                       survey: setsnap.Survey) -> SnapshotInfo | None:
         set_ids = sorted(self._sets_of(ino))
         try:
             sets = [await self.backing.get(i) for i in set_ids]
@@ -193,7 +197,8 @@ class Snapshots:
                     raise refuse(errno.ENOENT, "the file was removed")
                 if sorted(self._sets_of(ino)) != set_ids:
                     return None
-                snaps = await setsnap.prepare(sets, [set_name(new_ids[i]) for i in set_ids])
+                snaps = await setsnap.prepare(sets, [set_name(new_ids[i]) for i in set_ids],
+                                              survey)
                 phase("prepare")
                 tree = self._capture(ino)  # the snapshot's instant: no write in flight
                 await _each(setsnap.take, snaps)
@@ -207,21 +212,23 @@ class Snapshots:
             except BaseException:
                 await self._undo(snaps)
                 raise
-            # no await from here to the commit: the records and the sets go in together
             info = self._record(name, ino, tree, {
                 new_ids[old]: (old, s.size, snap.membership.to_bytes())
                 for old, s, snap in zip(set_ids, sets, snaps, strict=True)})
-            for old, s, snap in zip(set_ids, sets, snaps, strict=True):
-                self.sets.adopt(new_ids[old], old, s, setsnap.snapshot_set(snap))
             phase("record")
-            await self.journal.commit()
-            phase("commit")
-        phase("release")
+            try:
+                await self.journal.commit()
+                phase("commit")
+                self._invalidate_attrs(self.directory())
+            finally:  # even if the commit failed: the records are applied and stay queued
+                for old, s, snap in zip(set_ids, sets, snaps, strict=True):
+                    setsnap.detach(snap)  # no await from here to the release and return:
+                    self.sets.adopt(new_ids[old], old, s, setsnap.snapshot_set(snap))
+        phase("release")  # background work (rebuilds, records) starts after the reply
         log.info("snapshot %s of inode %d: %d inodes, %d bytes, sets %s (%s); %s", name, ino,
                  info.last - info.first + 1, info.size, set_ids,
                  ", ".join(f"{s.source.set_id}: {s.method}" for s in snaps),
                  " ".join(f"{k} {v * 1000:.1f}ms" for k, v in phases.items()))
-        await self._invalidate(self.directory(), attr_only=True)
         return info
 
     @staticmethod
@@ -346,7 +353,7 @@ class Snapshots:
                     log.warning("snapshot %r: could not free set %d: %s", name, set_id, exc)
             log.info("snapshot %r deleted (%d sets freed)", name, len(set_ids))
         self._invalidate_entry(folder, name)
-        await self._invalidate(folder, attr_only=True)
+        self._invalidate_attrs(folder)
 
     # -- restore ----------------------------------------------------------------------------
     async def restore(self, ino: int, name: bytes) -> None:
@@ -396,7 +403,7 @@ class Snapshots:
             log.info("snapshot %r restored onto inode %d (now inode %d)", name, ino,
                      self.state.inodes[parent].dir.get(entry))
         await self._invalidate_entry_now(parent, entry)
-        await self._invalidate(parent, attr_only=True)
+        self._invalidate_attrs(parent)
 
     def _locate(self, node) -> tuple[int, bytes]:
         """(parent, name) of a live inode: a directory's parent, or the first directory
@@ -452,11 +459,13 @@ class Snapshots:
         except OSError as exc:
             log.warning("syncfs %s: %s", self.mountpoint, exc)
 
-    async def _invalidate(self, ino: int | None, attr_only: bool = False) -> None:
+    def _invalidate_attrs(self, ino: int | None) -> None:
+        """Drop the kernel's attributes of directory ``ino``. In this thread: only data
+        invalidation can block (on writeback), and a directory's attributes have none."""
         if self.mountpoint is None or ino is None:
             return
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
+            pyfuse3.invalidate_inode(ino, True)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("could not invalidate inode %d: %s", ino, exc)

@@ -16,16 +16,20 @@ bytes as they were at one instant. Two ways, neither moves set data through the 
 
 Use, for all the sets of one snapshot together, with every stripe lock of every set held
 (``quiesce``: claim 10, no write in flight; several sets are quiesced in ascending order):
-``prepare`` asks every appliance for its STAT once, whatever the number of sets (members on
-silent appliances are marked failed, so those sets are cloned; NoPlacement if the split
-sets could not be rebuilt for lack of room), then ``take`` each set. A split changes only
-the sets in memory: the caller makes the snapshot durable by journaling each snapshot
-set's ``membership`` record (one commit for all sets), and afterwards, in the background,
-``store`` writes the source's and the snapshot set's records to the appliances. A crash
+``prepare`` checks them against a ``Survey`` of the appliances (one STAT each, whatever the
+number of sets, taken beforehand; members on silent appliances are marked failed, so those
+sets are cloned; NoPlacement if the split sets could not be rebuilt for lack of room),
+then ``take`` each set. Taking a split changes
+nothing yet (no I/O): the caller makes the snapshot durable by journaling each snapshot
+set's ``membership`` record (one commit for all sets), then ``detach`` changes the split
+sources in memory (before the stripes are released: the rebuild worker finds nothing to
+do while the call runs), and afterwards, in the background, ``store`` writes the source's
+and the snapshot set's records to the appliances. A crash
 in between is repaired at the next mount by ``recover``, from the journaled record, before
 any set is opened. Until the caller's commit, ``undo`` puts everything back.
 """
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -103,23 +107,60 @@ async def settle(s: ResiliencySet, timeout: float) -> None:
             await trio.sleep(0.05)
 
 
-async def prepare(sets: list[ResiliencySet], set_ids: list[str]) -> list[SetSnapshot]:
+class Survey:
+    """The appliances as a snapshot finds them: the free bytes of each that answered a STAT
+    (``refresh``; one request per appliance, whatever the number of sets)."""
+
+    FRESH = 1.0  # seconds a survey stands for the appliances' liveness
+
+    def __init__(self, pool: AppliancePool):
+        self.pool = pool
+        self.free: dict[str, int] = {}
+        self.at = -math.inf  # trio clock of the last refresh
+
+    async def refresh(self) -> None:
+        """STAT every connected appliance concurrently, bounded by the pool's timeout; one
+        that does not answer is dropped from the pool (``notice_down_members`` then fails
+        the members on it). Never raises."""
+        free: dict[str, int] = {}
+        pool = self.pool
+
+        async def one(address: str) -> None:
+            client = None
+            try:
+                client = await pool.client(address)
+                with trio.fail_after(pool.timeout):
+                    st = await client.stat()
+                free[address] = max(st.capacity - st.used, 0)
+            except (TransportError, trio.TooSlowError) as e:
+                log.warning("appliance %s did not answer before a snapshot: %s", address,
+                            e or "timed out")
+                await pool.mark_failed(address, client)
+
+        async with trio.open_nursery() as nursery:
+            for address in pool.up():
+                nursery.start_soon(one, address)
+        self.free, self.at = free, trio.current_time()
+
+
+async def prepare(sets: list[ResiliencySet], set_ids: list[str],
+                  survey: Survey) -> list[SetSnapshot]:
     """One SetSnapshot per set; the caller holds every set's ``quiesce``.
 
-    Every connected appliance of the pool is asked for its STAT (concurrently, bounded by
-    the pool's timeout): one that does not answer is dropped from the pool and the members
-    on it are marked failed (stored at once), so a split never leaves a set whose other
-    members are gone. Raises NoPlacement, having changed nothing else, if the answering
-    appliances could not hold a replacement region for every set that will be split
-    (checked, not reserved: a concurrent allocation may still take the room, and the set
-    then stays short of a member until the rebuild worker finds some).
+    ``survey`` (refreshed here if older than ``Survey.FRESH``) says which appliances
+    answer: members on the others are marked failed (stored at once), so a split never
+    leaves a set whose other members are gone; those sets are cloned. Raises NoPlacement,
+    having changed nothing else, if the answering appliances could not hold a replacement
+    region for every set that will be split (checked, not reserved: a concurrent
+    allocation may still take the room, and the set then stays short of a member until
+    the rebuild worker finds some).
     """
     snaps = [SetSnapshot(s, set_id) for s, set_id in zip(sets, set_ids, strict=True)]
-    if not sets:
-        return snaps
-    free = await _survey(sets[0].pool)
+    if trio.current_time() - survey.at > Survey.FRESH:
+        await survey.refresh()
     for s in sets:
         await s.notice_down_members()
+    free = dict(survey.free)
     for s in sets:
         index = _splittable(s)
         if index is None:
@@ -134,33 +175,11 @@ async def prepare(sets: list[ResiliencySet], set_ids: list[str]) -> list[SetSnap
     return snaps
 
 
-async def _survey(pool: AppliancePool) -> dict[str, int]:
-    """Free bytes of every connected appliance that answers a STAT; the others are dropped
-    from the pool (``ResiliencySet.notice_down_members`` then fails their members)."""
-    free: dict[str, int] = {}
-
-    async def one(address: str) -> None:
-        client = None
-        try:
-            client = await pool.client(address)
-            with trio.fail_after(pool.timeout):
-                st = await client.stat()
-            free[address] = max(st.capacity - st.used, 0)
-        except (TransportError, trio.TooSlowError) as e:
-            log.warning("appliance %s did not answer before a snapshot: %s", address,
-                        e or "timed out")
-            await pool.mark_failed(address, client)
-
-    async with trio.open_nursery() as nursery:
-        for address in pool.up():
-            nursery.start_soon(one, address)
-    return free
-
-
 async def take(snap: SetSnapshot) -> None:
     """Take the snapshot of a set checked by ``prepare``, under its ``quiesce``: a split
-    (in memory, no I/O) or a clone. Raises NoPlacement (a clone found no room),
-    SetUnavailable or SetError; then what was done is what ``undo`` reverts."""
+    (decided only: the source changes at ``detach``; no I/O) or a clone. Raises
+    NoPlacement (a clone found no room), SetUnavailable or SetError; then what was done
+    is what ``undo`` reverts."""
     s = snap.source
     index = _splittable(s)
     if index is None:
@@ -170,10 +189,20 @@ async def take(snap: SetSnapshot) -> None:
     snap.membership = _membership(s, snap.set_id, [
         Member(old.appliance, old.region_id, old.key, old.size),
         *(_placeholder(old.appliance, old.size, None) for _ in s.members[1:])])
-    s.members[index] = _placeholder(old.appliance, old.size, s.stripes)
-    s.changed()
     snap._detached = (index, old)
     snap.method = SPLIT
+
+
+def detach(snap: SetSnapshot) -> None:
+    """Make a split happen in the source set (in memory): a placeholder takes the member's
+    place. Call once the snapshot is journaled, before the stripes are released: from then
+    on writes miss the region and the rebuild worker replaces the placeholder. Nothing to
+    do for a clone."""
+    if snap.method == SPLIT:
+        s = snap.source
+        index, old = snap._detached
+        s.members[index] = _placeholder(old.appliance, old.size, s.stripes)
+        s.changed()
 
 
 async def _clone(snap: SetSnapshot) -> None:
@@ -232,14 +261,10 @@ def snapshot_set(snap: SetSnapshot) -> ResiliencySet:
 
 
 async def undo(snap: SetSnapshot) -> None:
-    """Revert ``take`` (before the caller's journal commit): a split member goes back (in
-    memory: nothing was stored), clones are freed (best effort, errors logged)."""
-    if snap._detached is not None:
-        s = snap.source
-        index, old = snap._detached
-        s.members[index] = old
-        s.changed()
-        snap._detached = None
+    """Revert ``take`` (before the caller journals the snapshot): clones are freed (best
+    effort, errors logged); a split was only decided."""
+    snap._detached = None
+    snap.method = None
     await _free_all(snap.source.pool, snap._clones)
     snap._clones = []
 

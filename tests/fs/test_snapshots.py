@@ -63,6 +63,12 @@ def tree(root):
     return out
 
 
+def raw_listing(path) -> list[str]:
+    """What readdir returns, "." and ".." included if the filesystem lists them."""
+    out = subprocess.run(["ls", "-af", path], capture_output=True, text=True, check=True)
+    return sorted(out.stdout.split())
+
+
 def wait_for(check, timeout=30.0, interval=0.2):
     deadline = time.monotonic() + timeout
     while True:
@@ -245,6 +251,60 @@ def parse_log(path):
     return out
 
 
+def test_snapshot_of_a_file_on_several_sets_is_one_instant(cluster):
+    """A 70 MiB file spans three 32 MiB sets; a writer stamps version v on one block in
+    each, in file order (O_DIRECT, one request each), so at any instant the blocks read
+    (v, v, v), (v, v-1, v-1) or (v, v, v-1). Snapshots under the writer show exactly that,
+    and the rest of the file as it was."""
+    mnt = cluster.mount().mountpoint
+    p = os.path.join(mnt, "multi")
+    base = os.urandom(70 << 20)
+    with open(p, "wb") as f:
+        f.write(base)
+    offsets = [0, 35 << 20, (70 << 20) - 4096]
+    log_path = os.path.join(cluster.workdir, "multi-versions")
+    writer = subprocess.Popen([sys.executable, "-c", BLOCK_WRITER, p, log_path,
+                               *map(str, offsets)])
+    try:
+        assert wait_for(lambda: os.path.exists(log_path) and os.path.getsize(log_path) > 100)
+        for k in range(5):
+            os.setxattr(p, SNAP, f"m{k}".encode())
+            data = read(os.path.join(mnt, ".snapshots", f"m{k}"))
+            versions = []
+            for off in offsets:
+                block = data[off:off + 4096]
+                v = int(re.match(rb"<v(\d+)>", block).group(1))
+                assert block == stamp(v, 4096), off
+                versions.append(v)
+            assert versions[0] >= versions[1] >= versions[2] >= versions[0] - 1, versions
+            expected = bytearray(base)
+            for off in offsets:
+                expected[off:off + 4096] = data[off:off + 4096]
+            assert data == expected
+            time.sleep(0.1)
+        log = cluster.mounts[-1].log_tail(100)
+        assert "sets [1, 2, 3] (data-1: split, data-2: split, data-3: split)" in log, log
+    finally:
+        writer.terminate()
+        writer.wait(10)
+
+
+BLOCK_WRITER = r"""
+import mmap, os, sys
+path, log, offsets = sys.argv[1], sys.argv[2], [int(a) for a in sys.argv[3:]]
+buf = mmap.mmap(-1, 4096)
+fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+with open(log, "w", buffering=1) as out:
+    v = 0
+    while True:
+        v += 1
+        buf[:] = (b"<v%d>" % v).ljust(64, b".") * 64
+        for off in offsets:
+            os.pwrite(fd, buf, off)
+        out.write("%d\n" % v)
+"""
+
+
 def test_directory_snapshot_survives_remount_and_kill(cluster):
     mnt = cluster.mount().mountpoint
     d = os.path.join(mnt, "d")
@@ -256,9 +316,15 @@ def test_directory_snapshot_survives_remount_and_kill(cluster):
         f.write(os.urandom(5 << 20))
     os.symlink("f1", os.path.join(d, "link"))
     expected = tree(d)
+    raw = {p: raw_listing(os.path.join(d, p)) for p in ("", "sub", "sub/deeper")}
     os.setxattr(d, SNAP, b"tree")
     view = os.path.join(mnt, ".snapshots", "tree")
     assert tree(view) == expected
+    # readdir answers as in the live tree (this filesystem lists no "." or ".." anywhere)
+    assert {p: raw_listing(os.path.join(view, p)) for p in raw} == raw
+    dots = {".", ".."}
+    assert dots & set(raw_listing(os.path.join(mnt, ".snapshots"))) == dots & set(
+        raw_listing(mnt)) == dots & set(raw["sub"])
     # change the live tree, snapshot stays
     os.unlink(os.path.join(d, "f0"))
     with open(os.path.join(d, "sub", "f1"), "ab") as f:
