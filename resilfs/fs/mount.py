@@ -1,8 +1,10 @@
 """Wiring: a cluster and a mount point become a running filesystem (S3QL's mount.py).
 
 ``mount`` builds the layers bottom-up in an exit stack (pool -> journal store -> journal ->
-metadata -> sets -> file data -> operations), starts the background workers (journal
-commits and compaction, set rebuild) in a nursery, mounts, raises the bdi's read-ahead,
+metadata -> sets -> file data -> operations), repairs what a crash left on the appliances
+before any set is opened (snapshot records, leaked regions: ``Snapshots.sets.recover``,
+``sweep``), starts the background workers (journal commits and compaction, set rebuild,
+snapshot sets) in a nursery, mounts, raises the bdi's read-ahead,
 and serves until the filesystem is unmounted (``fusermount3 -u``) or SIGTERM/SIGINT
 arrives. Then it stops the workers, commits, writes a checkpoint and closes the sets, so
 a clean unmount leaves everything on the appliances and a quick next mount.

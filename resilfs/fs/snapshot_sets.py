@@ -107,8 +107,9 @@ class SnapshotSets:
             while True:
                 self._wakeup = trio.Event()
                 if self._unstored and trio.current_time() >= self._store_after:
-                    async with self.lock:
-                        await self.store_now(sorted(self._unstored))
+                    for set_id in sorted(self._unstored):  # a snapshot call may come between
+                        async with self.lock:
+                            await self.store_now([set_id])
                     self._store_after = trio.current_time() + RETRY
                 ready = [set_id for set_id, (source, since) in self._unwatched.items()
                          if set_id not in self._unstored

@@ -3,24 +3,28 @@
 * ``setxattr(PATH, user.resilfs.snapshot, NAME)``: snapshot PATH (a file, or a directory and
   everything below it) as NAME; the copy appears read-only as ``MOUNT/.snapshots/NAME``.
 * ``getxattr(PATH, user.resilfs.snapshots)``: JSON list of the snapshots that include PATH
-  (all of them on the mount's root): name, time, size, type, files.
+  (all of them on the mount's root): name, time, size, type, files, health.
 * ``setxattr(ANY, user.resilfs.snapshot.delete, NAME)``: delete it and free its regions.
 * ``setxattr(PATH, user.resilfs.snapshot.restore, NAME)``: make PATH as it was.
 
 How a snapshot is taken (claims 9, 10, 18, 20): the kernel's dirty pages are written back
-(``syncfs``: every write completed before the call is on the sets), then every stripe of
-every set the tree uses is locked (in-flight writes drain, new ones wait), the tree's
-metadata is captured, and each set is snapshotted by ``resilfs.sets.snapshot``: a healthy
-mirror set gives up a member region (it *is* the snapshot's data; a replacement region,
-allocated before anything changed, is rebuilt in the background), other sets clone their
-members inside the appliances. No file data crosses the network. The snapshot sets are
-sets of their own (ids from ``SNAPSET_BASE``, outside the allocator: never written); the
-copied inodes map the same offsets in them. The snapshot's inodes, its sets and a SNAPSHOT
-record are journaled and committed before the locks are released and the call returns.
+(``syncfs``: every write completed before the call is on the sets) while every appliance
+is asked for its STAT (liveness, free space), then every stripe of every set the tree uses
+is locked (in-flight writes drain, new ones wait), the tree's metadata is captured, and
+each set is snapshotted by ``resilfs.sets.snapshot``: a healthy mirror set gives up a
+member region (it *is* the snapshot's data), other sets clone their members inside the
+appliances. No file data crosses the network. The snapshot's inodes, its sets (with their
+membership records) and a SNAPSHOT record are journaled in one commit; then the split
+sets let go of their regions in memory and the locks are released, and the call returns:
+the snapshot is durable, and the time does not grow with the number of sets. After the
+call, ``SnapshotSets`` stores the sets' records on the appliances and has the rebuild
+worker restore the redundancy of both halves of each split (a mount redoes what a crash
+interrupted). The snapshot sets are sets of their own (ids from ``SNAPSET_BASE``, outside
+the allocator: never written); the copied inodes map the same offsets in them.
 
 Sets are shared by many files, so a snapshot set holds other files' bytes too; only the
-copied inodes' extents are ever read from it. A snapshot costs one member region per set
-at first (the detached one) and, once rebuilt, the source's redundancy.
+copied inodes' extents are ever read from it. A split snapshot starts as one region per
+set and gets the source's redundancy once the source set has its own back.
 
 Every refusal (bad name, unknown name, path under ``.snapshots``, no room) is raised
 before anything changed; a failure while taking the snapshot undoes what was done.

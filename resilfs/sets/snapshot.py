@@ -19,14 +19,13 @@ Use, for all the sets of one snapshot together, with every stripe lock of every 
 ``prepare`` checks them against a ``Survey`` of the appliances (one STAT each, whatever the
 number of sets, taken beforehand; members on silent appliances are marked failed, so those
 sets are cloned; NoPlacement if the split sets could not be rebuilt for lack of room),
-then ``take`` each set. Taking a split changes
-nothing yet (no I/O): the caller makes the snapshot durable by journaling each snapshot
-set's ``membership`` record (one commit for all sets), then ``detach`` changes the split
-sources in memory (before the stripes are released: the rebuild worker finds nothing to
-do while the call runs), and afterwards, in the background, ``store`` writes the source's
-and the snapshot set's records to the appliances. A crash
-in between is repaired at the next mount by ``recover``, from the journaled record, before
-any set is opened. Until the caller's commit, ``undo`` puts everything back.
+then ``take`` each set. Taking a split changes nothing yet (no I/O). The caller makes the
+snapshot durable by journaling each snapshot set's ``membership`` record (one commit for
+all sets), then ``detach`` changes the split sources in memory (before the stripes are
+released, so the rebuild worker has nothing to do while the call runs), and afterwards,
+in the background, ``store`` writes the source's and the snapshot set's records to the
+appliances. A crash in between is repaired at the next mount by ``recover``, from the
+journaled record, before any set is opened. Until the caller journals, ``undo`` reverts.
 """
 import logging
 import math
