@@ -4,10 +4,6 @@ from collections.abc import Iterable, Iterator
 
 def to_runs(stripes: Iterable[int]) -> list[list[int]]:
     """Compress stripe numbers into sorted ``[first, stop)`` runs (for JSON records)."""
-    if isinstance(stripes, (set, frozenset)) and stripes:
-        first, last = min(stripes), max(stripes)
-        if last - first + 1 == len(stripes):  # one run (a new member: every stripe)
-            return [[first, last + 1]]
     runs: list[list[int]] = []
     for s in sorted(stripes):
         if runs and runs[-1][1] == s:
