@@ -490,27 +490,22 @@ class Snapshots:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
 
-async def _each(fn, items, done=None) -> list:
-    """``await fn(item)`` for every item concurrently (sets are independent); results in
-    order. If any raise, the first error is raised after all finished; ``done`` then
-    holds the results that were obtained (for undoing them)."""
-    results: list = [None] * len(items)
+async def _each(fn, items) -> None:
+    """``await fn(item)`` for every item concurrently (sets are independent). If any raise,
+    the first error is raised after all finished (the caller then undoes them all)."""
     errors: list[BaseException] = []
 
-    async def one(k, item):
+    async def one(item):
         try:
-            results[k] = await fn(item)
+            await fn(item)
         except Exception as exc:
             errors.append(exc)
 
     async with trio.open_nursery() as nursery:
-        for k, item in enumerate(items):
-            nursery.start_soon(one, k, item)
+        for item in items:
+            nursery.start_soon(one, item)
     if errors:
-        if done is not None:
-            done[:] = [r for r in results if r is not None]
         raise errors[0]
-    return results
 
 
 def _check_name(value: bytes) -> bytes:
