@@ -68,12 +68,13 @@ def main(args=None) -> int:
             if opts.json:
                 print(json.dumps(entries, indent=2))
             else:
-                print(f"{'NAME':<24} {'TIME':<19} {'TYPE':<9} {'FILES':>7} {'SIZE':>9}")
+                print(f"{'NAME':<24} {'TIME':<19} {'TYPE':<9} {'FILES':>7} {'SIZE':>9}  "
+                      f"HEALTH")
                 for e in entries:
                     when = datetime.datetime.fromtimestamp(e["time"]).strftime(
                         "%Y-%m-%d %H:%M:%S")
                     print(f"{e['name']:<24} {when:<19} {e['type']:<9} {e['files']:>7} "
-                          f"{_size(e['size']):>9}")
+                          f"{_size(e['size']):>9}  {e['health']}")
             return 0
         attribute = {"create": SNAPSHOT, "delete": DELETE, "restore": RESTORE}[opts.command]
         os.setxattr(opts.path, attribute, os.fsencode(opts.name))

@@ -53,6 +53,16 @@ class SetBacking(Backing):
             self.rebuild.watch(s)
         return s
 
+    def adopt(self, set_id: int, s: ResiliencySet) -> None:
+        """Serve set ``set_id`` from ``s``, made elsewhere (a snapshot's set, whose record is
+        stored later); the rebuild worker leaves it alone until ``watch``."""
+        self._sets[set_id] = s
+
+    def watch(self, s: ResiliencySet) -> None:
+        """Hand an adopted set to the rebuild worker (it restores the set's redundancy)."""
+        if self.rebuild is not None:
+            self.rebuild.watch(s)
+
     async def create_set(self, set_id: int, size: int) -> None:
         try:
             codec = make_codec(self.scheme, self.chunk_size, self.codec)

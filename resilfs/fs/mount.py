@@ -1,8 +1,10 @@
 """Wiring: a cluster and a mount point become a running filesystem (S3QL's mount.py).
 
 ``mount`` builds the layers bottom-up in an exit stack (pool -> journal store -> journal ->
-metadata -> sets -> file data -> operations), starts the background workers (journal
-commits and compaction, set rebuild) in a nursery, mounts, raises the bdi's read-ahead,
+metadata -> sets -> file data -> operations), repairs what a crash left on the appliances
+before any set is opened (snapshot records, leaked regions: ``Snapshots.sets.recover``,
+``sweep``), starts the background workers (journal commits and compaction, set rebuild,
+snapshot sets) in a nursery, mounts, raises the bdi's read-ahead,
 and serves until the filesystem is unmounted (``fusermount3 -u``) or SIGTERM/SIGINT
 arrives. Then it stops the workers, commits, writes a checkpoint and closes the sets, so
 a clean unmount leaves everything on the appliances and a quick next mount.
@@ -37,6 +39,7 @@ from .metadata import Metadata
 from .operations import Operations
 from .snapshots import Snapshots
 from .state import State
+from .sweep import known_sets, sweep
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,9 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         control = Control(cluster.name, metadata, data, backing, journal,
                           lambda: operations.read_only)
         snapshots = Snapshots(metadata, data, backing, journal, mountpoint)
+        # before any set is opened or any region allocated:
+        await snapshots.sets.recover()  # snapshot records a crash kept off the appliances
+        await sweep(pool, cluster.name, known_sets(journal.state))  # regions nothing names
         operations = Operations(metadata, data, journal, control, snapshots=snapshots)
         worker = JournalWorker(journal, commit_interval)
 
@@ -126,6 +132,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 await nursery.start(rebuild.run)
                 nursery.start_soon(signals.run)
                 nursery.start_soon(control.run)
+                nursery.start_soon(snapshots.sets.run)
                 nursery.start_soon(backing.open_all,
                                    sorted(journal.state.allocator.set_sizes()))
                 nursery.start_soon(partial(trio.to_thread.run_sync, tune_when_ready,
@@ -137,6 +144,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 worker.stop()  # its last commit runs before the nursery exits
                 rebuild.stop()
                 control.stop()
+                snapshots.sets.stop()
         finally:
             # main() returns without our help only when the kernel unmounted already
             pyfuse3.close(unmount=signals.received or not signals.stopped)

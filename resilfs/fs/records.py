@@ -36,6 +36,7 @@ class Op(IntEnum):
     SNAPSET = 14  # set id, size, snapshot id: a read-only set holding a snapshot's data
     SNAPSHOT = 15  # id, name, time, source ino, top ino, first ino, last ino, bytes, sources
     UNSNAPSHOT = 16  # snapshot id: the snapshot and its sets are gone (inodes DELETEd before)
+    SNAPSET_RECORD = 17  # snapshot set id, source set id, its membership record as taken
 
 
 LAYOUTS = {
@@ -55,6 +56,7 @@ LAYOUTS = {
     Op.SNAPSET: "QQQ",
     Op.SNAPSHOT: "QBqQQQQQB",
     Op.UNSNAPSHOT: "Q",
+    Op.SNAPSET_RECORD: "QQB",
 }
 
 # SETATTR mask bits

@@ -3,24 +3,28 @@
 * ``setxattr(PATH, user.resilfs.snapshot, NAME)``: snapshot PATH (a file, or a directory and
   everything below it) as NAME; the copy appears read-only as ``MOUNT/.snapshots/NAME``.
 * ``getxattr(PATH, user.resilfs.snapshots)``: JSON list of the snapshots that include PATH
-  (all of them on the mount's root): name, time, size, type, files.
+  (all of them on the mount's root): name, time, size, type, files, health.
 * ``setxattr(ANY, user.resilfs.snapshot.delete, NAME)``: delete it and free its regions.
 * ``setxattr(PATH, user.resilfs.snapshot.restore, NAME)``: make PATH as it was.
 
 How a snapshot is taken (claims 9, 10, 18, 20): the kernel's dirty pages are written back
-(``syncfs``: every write completed before the call is on the sets), then every stripe of
-every set the tree uses is locked (in-flight writes drain, new ones wait), the tree's
-metadata is captured, and each set is snapshotted by ``resilfs.sets.snapshot``: a healthy
-mirror set gives up a member region (it *is* the snapshot's data; a replacement region,
-allocated before anything changed, is rebuilt in the background), other sets clone their
-members inside the appliances. No file data crosses the network. The snapshot sets are
-sets of their own (ids from ``SNAPSET_BASE``, outside the allocator: never written); the
-copied inodes map the same offsets in them. The snapshot's inodes, its sets and a SNAPSHOT
-record are journaled and committed before the locks are released and the call returns.
+(``syncfs``: every write completed before the call is on the sets) while every appliance
+is asked for its STAT (liveness, free space), then every stripe of every set the tree uses
+is locked (in-flight writes drain, new ones wait), the tree's metadata is captured, and
+each set is snapshotted by ``resilfs.sets.snapshot``: a healthy mirror set gives up a
+member region (it *is* the snapshot's data), other sets clone their members inside the
+appliances. No file data crosses the network. The snapshot's inodes, its sets (with their
+membership records) and a SNAPSHOT record are journaled in one commit; then the split
+sets let go of their regions in memory and the locks are released, and the call returns:
+the snapshot is durable, and the time does not grow with the number of sets. After the
+call, ``SnapshotSets`` stores the sets' records on the appliances and has the rebuild
+worker restore the redundancy of both halves of each split (a mount redoes what a crash
+interrupted). The snapshot sets are sets of their own (ids from ``SNAPSET_BASE``, outside
+the allocator: never written); the copied inodes map the same offsets in them.
 
 Sets are shared by many files, so a snapshot set holds other files' bytes too; only the
-copied inodes' extents are ever read from it. A snapshot costs one member region per set
-at first (the detached one) and, once rebuilt, the source's redundancy.
+copied inodes' extents are ever read from it. A split snapshot starts as one region per
+set and gets the source's redundancy once the source set has its own back.
 
 Every refusal (bad name, unknown name, path under ``.snapshots``, no room) is raised
 before anything changed; a failure while taking the snapshot undoes what was done.
@@ -45,6 +49,7 @@ from .errors import DataUnavailable, FsError, NoSpace, refuse
 from .journal import Journal
 from .metadata import NAME_MAX, Metadata, now_ns
 from .records import ATTR_CTIME, Op
+from .snapshot_sets import SnapshotSets
 from .state import ROOT_INODE, SnapshotInfo
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ SNAPSET_BASE = 1 << 40  # snapshot set ids; data sets are numbered from 1
 COPY_CHUNK = 1 << 20
 ATTEMPTS = 5  # the tree moved to other sets while locks were taken: look again
 SETTLE_TIMEOUT = 60.0  # wait this long for a mirror set's rebuild, then clone it
+HEALTH_ORDER = ["healthy", "pending", "rebuilding", "degraded", "unavailable"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -86,6 +92,8 @@ class Snapshots:
         self.mountpoint = mountpoint  # None: no kernel to flush or invalidate (unit tests)
         self._lock = trio.Lock()
         self._phases: dict[str, float] = {}  # seconds per step of the last create (log)
+        # the snapshot sets after the call: records, redundancy; run() by the mount
+        self.sets = SnapshotSets(backing, self.state, self._lock)
 
     # -- the read-only view ------------------------------------------------------------
     def directory(self) -> int | None:
@@ -118,8 +126,18 @@ class Snapshots:
                 out.append({"name": i.name.decode(errors="surrogateescape"),
                             "time": i.time / 1e9, "size": i.size,
                             "type": "directory" if top is not None and top.dir is not None
-                            else "file", "files": len(i.sources)})
+                            else "file", "files": len(i.sources),
+                            "health": self._health(i.snap_id)})
         return json.dumps(out).encode()
+
+    def _health(self, snap_id: int) -> str:
+        """The worst state of the snapshot's sets: "pending" for a set not opened yet (a
+        split one is a single copy until then), else the set's status (healthy,
+        rebuilding, degraded, unavailable)."""
+        opened = self.backing.sets()
+        states = ["pending" if set_id not in opened else opened[set_id].status().state
+                  for set_id, (_, sid) in self.state.snapsets.items() if sid == snap_id]
+        return max(states, key=HEALTH_ORDER.index, default="healthy")
 
     async def set(self, ino: int, name: bytes, value: bytes) -> None:
         if name == SNAPSHOT:
@@ -144,15 +162,19 @@ class Snapshots:
             if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
                 raise refuse(errno.EINVAL, "only files and directories can be snapshotted")
             started = trio.current_time()
-            await self._flush()
-            self._phases = {"flush": trio.current_time() - started}
+            survey = setsnap.Survey(self.backing.pool)
+            async with trio.open_nursery() as nursery:  # independent: together
+                nursery.start_soon(survey.refresh)
+                await self._flush()
+            self._phases = {"flush+survey": trio.current_time() - started}
             for _ in range(ATTEMPTS):
-                info = await self._attempt(ino, name)
+                info = await self._attempt(ino, name, survey)
                 if info is not None:
                     return info
             raise refuse(errno.EAGAIN, "the tree kept changing sets; try again")
 
-    async def _attempt(self, ino: int, name: bytes) -> SnapshotInfo | None:
+    async def _attempt(self, ino: int, name: bytes,
+                       survey: setsnap.Survey) -> SnapshotInfo | None:
         set_ids = sorted(self._sets_of(ino))
         try:
             sets = [await self.backing.get(i) for i in set_ids]
@@ -172,24 +194,19 @@ class Snapshots:
 
         async with AsyncExitStack() as stack:
             try:
-                prepared = await _each(
-                    lambda pair: setsnap.prepare(pair[0], set_name(new_ids[pair[1]])),
-                    list(zip(sets, set_ids, strict=True)), snaps)
-                snaps[:] = prepared
-                phase("prepare")
                 for s in sets:  # ascending set ids: quiescers never deadlock
                     await stack.enter_async_context(setsnap.quiesce(s))
                 phase("quiesce")
                 if ino not in self.state.inodes:
                     raise refuse(errno.ENOENT, "the file was removed")
                 if sorted(self._sets_of(ino)) != set_ids:
-                    await self._undo(snaps)
                     return None
+                snaps = await setsnap.prepare(sets, [set_name(new_ids[i]) for i in set_ids],
+                                              survey)
+                phase("prepare")
                 tree = self._capture(ino)  # the snapshot's instant: no write in flight
                 await _each(setsnap.take, snaps)
                 phase("take")
-                await _each(setsnap.save, snaps)
-                phase("save")
             except NoPlacement as exc:
                 await self._undo(snaps)
                 raise NoSpace(f"no room for snapshot {name!r}: {exc}") from None
@@ -199,17 +216,23 @@ class Snapshots:
             except BaseException:
                 await self._undo(snaps)
                 raise
-            info = self._record(name, ino, tree, new_ids, {
-                new_ids[old]: s.size for old, s in zip(set_ids, sets, strict=True)})
+            info = self._record(name, ino, tree, {
+                new_ids[old]: (old, s.size, snap.membership.to_bytes())
+                for old, s, snap in zip(set_ids, sets, snaps, strict=True)})
             phase("record")
-            await self.journal.commit()
-            phase("commit")
-        phase("release")
+            try:
+                await self.journal.commit()
+                phase("commit")
+                self._invalidate_attrs(self.directory())
+            finally:  # even if the commit failed: the records are applied and stay queued
+                for old, s, snap in zip(set_ids, sets, snaps, strict=True):
+                    setsnap.detach(snap)  # no await from here to the release and return:
+                    self.sets.adopt(new_ids[old], old, s, setsnap.snapshot_set(snap))
+        phase("release")  # background work (rebuilds, records) starts after the reply
         log.info("snapshot %s of inode %d: %d inodes, %d bytes, sets %s (%s); %s", name, ino,
                  info.last - info.first + 1, info.size, set_ids,
                  ", ".join(f"{s.source.set_id}: {s.method}" for s in snaps),
                  " ".join(f"{k} {v * 1000:.1f}ms" for k, v in phases.items()))
-        await self._invalidate(self.directory(), attr_only=True)
         return info
 
     @staticmethod
@@ -249,9 +272,11 @@ class Snapshots:
                          list(n.extents) if n.extents is not None else None, children))
         return tree
 
-    def _record(self, name: bytes, source: int, tree, new_ids: dict[int, int],
-                sizes: dict[int, int]) -> SnapshotInfo:
-        """Journal the snapshot: its sets, a copy of every inode, the SNAPSHOT record.
+    def _record(self, name: bytes, source: int, tree,
+                snapsets: dict[int, tuple[int, int, bytes]]) -> SnapshotInfo:
+        """Journal the snapshot: its sets (``{new set id: (source set id, size, membership
+        record)}``), a copy of every inode (extents mapped to the new sets), the SNAPSHOT
+        record.
 
         No await: the records go in together, between other requests.
         """
@@ -259,8 +284,10 @@ class Snapshots:
         t = now_ns()
         folder = self._ensure_directory(t)
         snap_id = max(self.state.snapshots, default=0) + 1
-        for set_id in sorted(sizes):
-            record((Op.SNAPSET, set_id, sizes[set_id], snap_id))
+        new_ids = {old: set_id for set_id, (old, _, _) in snapsets.items()}
+        for set_id, (old, size, membership) in sorted(snapsets.items()):
+            record((Op.SNAPSET, set_id, size, snap_id))
+            record((Op.SNAPSET_RECORD, set_id, old, membership))
         first = self.state.next_ino
         new = {entry[0][0]: first + k for k, entry in enumerate(tree)}
         names = {}
@@ -316,6 +343,7 @@ class Snapshots:
             folder = self.directory()
             set_ids = sorted(k for k, (_, sid) in self.state.snapsets.items()
                              if sid == info.snap_id)
+            await self.sets.store_now(set_ids)  # the sources stop naming the regions first
             self.journal.record((Op.UNLINK, folder, name, now_ns()))
             for ino in range(info.first, info.last + 1):
                 if ino in self.state.inodes:
@@ -329,7 +357,7 @@ class Snapshots:
                     log.warning("snapshot %r: could not free set %d: %s", name, set_id, exc)
             log.info("snapshot %r deleted (%d sets freed)", name, len(set_ids))
         self._invalidate_entry(folder, name)
-        await self._invalidate(folder, attr_only=True)
+        self._invalidate_attrs(folder)
 
     # -- restore ----------------------------------------------------------------------------
     async def restore(self, ino: int, name: bytes) -> None:
@@ -379,7 +407,7 @@ class Snapshots:
             log.info("snapshot %r restored onto inode %d (now inode %d)", name, ino,
                      self.state.inodes[parent].dir.get(entry))
         await self._invalidate_entry_now(parent, entry)
-        await self._invalidate(parent, attr_only=True)
+        self._invalidate_attrs(parent)
 
     def _locate(self, node) -> tuple[int, bytes]:
         """(parent, name) of a live inode: a directory's parent, or the first directory
@@ -435,11 +463,13 @@ class Snapshots:
         except OSError as exc:
             log.warning("syncfs %s: %s", self.mountpoint, exc)
 
-    async def _invalidate(self, ino: int | None, attr_only: bool = False) -> None:
+    def _invalidate_attrs(self, ino: int | None) -> None:
+        """Drop the kernel's attributes of directory ``ino``. In this thread: only data
+        invalidation can block (on writeback), and a directory's attributes have none."""
         if self.mountpoint is None or ino is None:
             return
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
+            pyfuse3.invalidate_inode(ino, True)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("could not invalidate inode %d: %s", ino, exc)
@@ -460,27 +490,22 @@ class Snapshots:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
 
-async def _each(fn, items, done=None) -> list:
-    """``await fn(item)`` for every item concurrently (sets are independent); results in
-    order. If any raise, the first error is raised after all finished; ``done`` then
-    holds the results that were obtained (for undoing them)."""
-    results: list = [None] * len(items)
+async def _each(fn, items) -> None:
+    """``await fn(item)`` for every item concurrently (sets are independent). If any raise,
+    the first error is raised after all finished (the caller then undoes them all)."""
     errors: list[BaseException] = []
 
-    async def one(k, item):
+    async def one(item):
         try:
-            results[k] = await fn(item)
+            await fn(item)
         except Exception as exc:
             errors.append(exc)
 
     async with trio.open_nursery() as nursery:
-        for k, item in enumerate(items):
-            nursery.start_soon(one, k, item)
+        for item in items:
+            nursery.start_soon(one, item)
     if errors:
-        if done is not None:
-            done[:] = [r for r in results if r is not None]
         raise errors[0]
-    return results
 
 
 def _check_name(value: bytes) -> bytes:

@@ -135,6 +135,9 @@ class State:
         self.format: Format | None = None
         # snapshots: read-only sets outside the allocator (set id -> (size, snapshot id))
         self.snapsets: dict[int, tuple[int, int]] = {}
+        # and their membership records as taken (set id -> (source set id, record)): a
+        # mount stores one that a crash kept off the appliances (resilfs.fs.snapshot_sets)
+        self.snapset_records: dict[int, tuple[int, bytes]] = {}
         self.snapshots: dict[int, SnapshotInfo] = {}
 
     @property
@@ -257,6 +260,9 @@ class State:
     def _snapset(self, set_id, size, snap_id):
         self.snapsets[set_id] = (size, snap_id)
 
+    def _snapset_record(self, set_id, source, record):
+        self.snapset_records[set_id] = (source, record)
+
     def _snapshot(self, snap_id, name, time, source, top, first, last, size, sources):
         ids = frozenset(int.from_bytes(sources[i:i + 8], "little")
                         for i in range(0, len(sources), 8))
@@ -267,6 +273,7 @@ class State:
         del self.snapshots[snap_id]
         for set_id in [k for k, (_, sid) in self.snapsets.items() if sid == snap_id]:
             del self.snapsets[set_id]
+            self.snapset_records.pop(set_id, None)
 
     # -- checkpoints and comparisons ------------------------------------------------
     def checkpoint_records(self) -> Iterator[tuple]:
@@ -282,6 +289,8 @@ class State:
             yield Op.SET, set_id, size
         for set_id, (size, snap_id) in self.snapsets.items():
             yield Op.SNAPSET, set_id, size, snap_id
+        for set_id, (source, record) in self.snapset_records.items():
+            yield Op.SNAPSET_RECORD, set_id, source, record
         yield Op.NEXT, self.next_ino
         for n in self.inodes.values():
             yield (Op.INODE, n.ino, n.mode, n.uid, n.gid, n.rdev, n.size, n.atime, n.mtime,
@@ -310,7 +319,8 @@ class State:
                 list(n.extents) if n.extents is not None else None)
         return {"inodes": inodes, "next_ino": self.next_ino, "format": self.format,
                 "sets": self.allocator.set_sizes(), "free": self.allocator.free_ranges(),
-                "snapsets": dict(self.snapsets), "snapshots": dict(self.snapshots)}
+                "snapsets": dict(self.snapsets), "snapshots": dict(self.snapshots),
+                "snapset_records": dict(self.snapset_records)}
 
 
 _APPLY = {
@@ -319,5 +329,5 @@ _APPLY = {
     Op.WRITTEN: State._written, Op.XATTR: State._xattr, Op.MAP: State._map,
     Op.DELETE: State._delete, Op.SET: State._set, Op.NEXT: State._next,
     Op.FORMAT: State._format, Op.SNAPSET: State._snapset, Op.SNAPSHOT: State._snapshot,
-    Op.UNSNAPSHOT: State._unsnapshot,
+    Op.UNSNAPSHOT: State._unsnapshot, Op.SNAPSET_RECORD: State._snapset_record,
 }

@@ -3,36 +3,46 @@
 A snapshot of a set is a new set, named by the caller, whose regions hold the source set's
 bytes as they were at one instant. Two ways, neither moves set data through the client:
 
-* **split** (a healthy mirror set): one member region is taken out of the set and becomes
-  the snapshot's data. A replacement region, allocated beforehand on an appliance not in
-  the set, takes its place as a ``rebuilding`` member with every stripe dirty; the
-  ``RebuildWorker`` restores the lost redundancy in the background. The snapshot set is a
-  ``mirror:N`` set of that one region plus ``N-1`` placeholder members (failed, no region),
-  which the worker fills in the same way once the snapshot set is opened.
+* **split** (a healthy mirror set): the last member region is taken out of the set and
+  becomes the snapshot's data. A placeholder (a failed member with no region) takes its
+  place, so the source set is short of one member; the ``RebuildWorker`` allocates a
+  replacement and rebuilds it in the background. The snapshot set is a ``mirror:N`` set of
+  that one region plus ``N-1`` placeholders, which the worker fills in the same way once
+  it watches the snapshot set (the snapshot's own redundancy comes then).
 * **clone** (parity/ec sets, and mirror sets that are not fully healthy): each live member's
   appliance copies its region locally (the appliance's CLONE op); the snapshot set has the
   source's scheme, the clones as members, and the source members' states and dirty stripes,
   so it keeps the redundancy the source had.
 
-Use: ``prepare`` (allocates what a split needs: NoPlacement changes nothing), then, with
-the caller holding every stripe lock of the set (``quiesce``: claim 10, no write is in
-flight on it), ``take``; then ``save`` stores the snapshot set's membership record. Until
-``save``, ``undo`` puts everything back. Callers quiesce several sets at once (a directory
-snapshot) by entering their ``quiesce`` in ascending order.
+Use, for all the sets of one snapshot together, with every stripe lock of every set held
+(``quiesce``: claim 10, no write in flight; several sets are quiesced in ascending order):
+``prepare`` checks them against a ``Survey`` of the appliances (one STAT each, whatever the
+number of sets, taken beforehand; members on silent appliances are marked failed, so those
+sets are cloned; NoPlacement if the split sets could not be rebuilt for lack of room),
+then ``take`` each set. Taking a split changes nothing yet (no I/O). The caller makes the
+snapshot durable by journaling each snapshot set's ``membership`` record (one commit for
+all sets), then ``detach`` changes the split sources in memory (before the stripes are
+released, so the rebuild worker has nothing to do while the call runs), and afterwards,
+in the background, ``store`` writes the source's and the snapshot set's records to the
+appliances. A crash in between is repaired at the next mount by ``recover``, from the
+journaled record, before any set is opened. Until the caller journals, ``undo`` reverts.
 """
 import logging
+import math
 import time
-import zlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import trio
 
+from ..codec import make_codec
 from ..transport.base import ApplianceUnavailable, NoSpace, RegionHandle, TransportError
 from . import membership as records
-from .errors import NoPlacement, SetError, SetUnavailable
+from .errors import NoPlacement, SetError, SetNotFound, SetUnavailable
 from .membership import FAILED, OK, REBUILDING, Member, Membership
-from .resiliency import ResiliencySet, _Progress
+from .pool import AppliancePool
+from .resiliency import ResiliencySet
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +55,28 @@ class SetSnapshot:
 
     source: ResiliencySet
     set_id: str  # the snapshot set's id
-    replacement: RegionHandle | None = None  # allocated by ``prepare`` for a split
     method: str | None = None  # SPLIT or CLONE once taken
-    membership: Membership | None = None
+    membership: Membership | None = None  # the snapshot set's, once taken
     _detached: tuple[int, Member] | None = None
     _clones: list[RegionHandle] = field(default_factory=list)
+
+
+def placeholder(member: Member) -> bool:
+    """Whether ``member`` is a placeholder: failed, no region; the rebuild worker replaces
+    it at once (its region is "lost")."""
+    return member.state == FAILED and member.region_id == 0
+
+
+def _placeholder(appliance: str, size: int, stripes: int | None) -> Member:
+    """A placeholder in a live set (``stripes``: the set's count) misses every stripe, so
+    writes have nothing to add to it; one in a snapshot set (None: never written) lists
+    none, which keeps its record short (the replacement starts with every stripe dirty)."""
+    return Member(appliance, 0, 0, size, FAILED, set(_all_stripes(stripes or 0)))
+
+
+@lru_cache(maxsize=16)
+def _all_stripes(stripes: int) -> frozenset[int]:
+    return frozenset(range(stripes))  # copying it is ~7x faster than building it
 
 
 def _splittable(s: ResiliencySet) -> int | None:
@@ -67,107 +94,114 @@ async def quiesce(s: ResiliencySet):
 
 
 async def settle(s: ResiliencySet, timeout: float) -> None:
-    """Wait, up to ``timeout`` seconds, while a mirror set rebuilds with no member failed
-    (after an earlier snapshot): a split then takes the place of a clone, which copies
-    the whole region inside the appliances (and keeps them busy meanwhile)."""
+    """Wait, up to ``timeout`` seconds, while a mirror set regains a member that an earlier
+    snapshot split off (placeholder or rebuilding) and none has really failed: a split
+    then takes the place of a clone, which copies the whole region inside the appliances
+    (and keeps them busy meanwhile)."""
     if not s.mirror:
         return
     with trio.move_on_after(timeout):
-        while (any(m.state == REBUILDING for m in s.members)
-               and not any(m.state == FAILED for m in s.members)):
+        while (any(m.state == REBUILDING or placeholder(m) for m in s.members)
+               and not any(m.state == FAILED and not placeholder(m) for m in s.members)):
             await trio.sleep(0.05)
 
 
-async def prepare(s: ResiliencySet, set_id: str) -> SetSnapshot:
-    """Allocate what the snapshot will need; NoPlacement (nothing allocated) if no room."""
-    snap = SetSnapshot(s, set_id)
-    if _splittable(s) is None:
-        return snap
-    in_set = {m.appliance for m in s.members}
-    candidates = [a for a in s.pool.up() if a not in in_set]
-    if candidates:
-        start = zlib.crc32(f"{s.owner}/{set_id}".encode()) % len(candidates)
-        candidates = candidates[start:] + candidates[:start]
-    size = s.members[-1].size
-    for address in candidates:
-        try:
-            client = await s.pool.client(address)
-            snap.replacement = await client.alloc(size, s.owner)
-            return snap
-        except TransportError as e:
-            log.info("no replacement region for %s on %s: %s", s.set_id, address, e)
-    raise NoPlacement(f"set {s.set_id!r}: no appliance outside the set has {size} bytes "
-                      f"free for the region that replaces the snapshot's")
+class Survey:
+    """The appliances as a snapshot finds them: the free bytes of each that answered a STAT
+    (``refresh``; one request per appliance, whatever the number of sets)."""
+
+    FRESH = 1.0  # seconds a survey stands for the appliances' liveness
+
+    def __init__(self, pool: AppliancePool):
+        self.pool = pool
+        self.free: dict[str, int] = {}
+        self.at = -math.inf  # trio clock of the last refresh
+
+    async def refresh(self) -> None:
+        """STAT every connected appliance concurrently, bounded by the pool's timeout; one
+        that does not answer is dropped from the pool (``notice_down_members`` then fails
+        the members on it). Never raises."""
+        free: dict[str, int] = {}
+        pool = self.pool
+
+        async def one(address: str) -> None:
+            client = None
+            try:
+                client = await pool.client(address)
+                with trio.fail_after(pool.timeout):
+                    st = await client.stat()
+                free[address] = max(st.capacity - st.used, 0)
+            except (TransportError, trio.TooSlowError) as e:
+                log.warning("appliance %s did not answer before a snapshot: %s", address,
+                            e or "timed out")
+                await pool.mark_failed(address, client)
+
+        async with trio.open_nursery() as nursery:
+            for address in pool.up():
+                nursery.start_soon(one, address)
+        self.free, self.at = free, trio.current_time()
+
+
+async def prepare(sets: list[ResiliencySet], set_ids: list[str],
+                  survey: Survey) -> list[SetSnapshot]:
+    """One SetSnapshot per set; the caller holds every set's ``quiesce``.
+
+    ``survey`` (refreshed here if older than ``Survey.FRESH``) says which appliances
+    answer: members on the others are marked failed (stored at once), so a split never
+    leaves a set whose other members are gone; those sets are cloned. Raises NoPlacement,
+    having changed nothing else, if the answering appliances could not hold a replacement
+    region for every set that will be split (checked, not reserved: a concurrent
+    allocation may still take the room, and the set then stays short of a member until
+    the rebuild worker finds some).
+    """
+    snaps = [SetSnapshot(s, set_id) for s, set_id in zip(sets, set_ids, strict=True)]
+    if trio.current_time() - survey.at > Survey.FRESH:
+        await survey.refresh()
+    for s in sets:
+        await s.notice_down_members()
+    free = dict(survey.free)
+    for s in sets:
+        index = _splittable(s)
+        if index is None:
+            continue
+        size = s.members[index].size
+        staying = {m.appliance for i, m in enumerate(s.members) if i != index}
+        room = [a for a in free if a not in staying and free[a] >= size]
+        if not room:
+            raise NoPlacement(f"set {s.set_id!r}: no appliance outside the set has {size} "
+                              f"bytes free to rebuild the member a snapshot splits off")
+        free[max(room, key=free.__getitem__)] -= size
+    return snaps
 
 
 async def take(snap: SetSnapshot) -> None:
-    """Take the snapshot; the caller holds every stripe lock of the source (``quiesce``).
-
-    Raises NoPlacement (a clone found no room), SetUnavailable or SetError; then nothing
-    changed except what ``undo`` reverts.
-    """
+    """Take the snapshot of a set checked by ``prepare``, under its ``quiesce``: a split
+    (decided only: the source changes at ``detach``; no I/O) or a clone. Raises
+    NoPlacement (a clone found no room), SetUnavailable or SetError; then what was done
+    is what ``undo`` reverts."""
     s = snap.source
-    if _splittable(s) is not None and snap.replacement is not None:
-        await _probe(s)  # a member on a dead appliance the set has not noticed yet
-        index = _splittable(s)
-        if index is not None and await _split(snap, index):
-            return
-    await _free_quietly(s, snap.replacement)
-    snap.replacement = None
-    await _clone(snap)
-
-
-async def _probe(s: ResiliencySet) -> None:
-    """Ask every live member's appliance for its region; mark the silent ones failed."""
-    async def one(i: int, m: Member) -> None:
-        client = None
-        try:
-            client = await s.pool.client(m.appliance)
-            await client.lookup(m.region_id, m.key)
-        except TransportError as e:
-            await s._fail(i, e, client)
-
-    async with trio.open_nursery() as nursery:
-        for i, m in enumerate(s.members):
-            if m.state != FAILED:
-                nursery.start_soon(one, i, m)
-
-
-async def _split(snap: SetSnapshot, index: int) -> bool:
-    """Swap the replacement in for member ``index``; False (swapped back, replacement
-    kept for ``take`` to free) if another member failed meanwhile: the split member would
-    have been the only current copy."""
-    s, new = snap.source, snap.replacement
+    index = _splittable(s)
+    if index is None:
+        await _clone(snap)
+        return
     old = s.members[index]
-    s.members[index] = Member(new.appliance, new.region_id, new.key, new.size, REBUILDING,
-                              set(range(s.stripes)))
-    s.progress[index] = _Progress(s.stripes * s.chunk_size)
-    s.changed()
+    snap.membership = _membership(s, snap.set_id, [
+        Member(old.appliance, old.region_id, old.key, old.size),
+        *(_placeholder(old.appliance, old.size, None) for _ in s.members[1:])])
     snap._detached = (index, old)
     snap.method = SPLIT
-    try:
-        await s._persist()
-    finally:
-        others_ok = all(m.state == OK for i, m in enumerate(s.members) if i != index)
-        if not others_ok:
-            s.members[index] = old
-            s.progress.pop(index, None)
-            s.changed()
-            snap._detached = None
-            snap.method = None
-            await s._persist()
-    if not others_ok:
-        log.warning("set %s: a member failed during the split; cloning instead", s.set_id)
-        return False
-    snap.replacement = None
-    placeholders = [_placeholder(old.appliance, old.size, s.stripes)
-                    for _ in range(len(s.members) - 1)]
-    snap.membership = _membership(s, snap.set_id, [
-        Member(old.appliance, old.region_id, old.key, old.size), *placeholders])
-    log.info("set %s: member %d (region %d on %s) split off as snapshot set %s; region %d "
-             "on %s replaces it", s.set_id, index, old.region_id, old.appliance, snap.set_id,
-             new.region_id, new.appliance)
-    return True
+
+
+def detach(snap: SetSnapshot) -> None:
+    """Make a split happen in the source set (in memory): a placeholder takes the member's
+    place. Call once the snapshot is journaled, before the stripes are released: from then
+    on writes miss the region and the rebuild worker replaces the placeholder. Nothing to
+    do for a clone."""
+    if snap.method == SPLIT:
+        s = snap.source
+        index, old = snap._detached
+        s.members[index] = _placeholder(old.appliance, old.size, s.stripes)
+        s.changed()
 
 
 async def _clone(snap: SetSnapshot) -> None:
@@ -195,7 +229,7 @@ async def _clone(snap: SetSnapshot) -> None:
                           for st in range(s.stripes)):
         errors.append(SetUnavailable(f"fewer than {s.k} current members to clone"))
     if errors:
-        await _free_all(s, snap._clones)
+        await _free_all(s.pool, snap._clones)
         snap._clones = []
         if any(isinstance(e, NoSpace) for e in errors):
             raise NoPlacement(f"set {s.set_id!r}: no room to clone a member: {errors[0]}")
@@ -207,15 +241,10 @@ async def _clone(snap: SetSnapshot) -> None:
             members.append(Member(m.appliance, c.region_id, c.key, c.size, m.state,
                                   set(m.dirty)))
         else:
-            members.append(_placeholder(m.appliance, m.size, s.stripes))
+            members.append(_placeholder(m.appliance, m.size, None))
     snap.membership = _membership(s, snap.set_id, members)
     log.info("set %s: %d members cloned in their appliances as snapshot set %s", s.set_id,
              len(clones), snap.set_id)
-
-
-def _placeholder(appliance: str, size: int, stripes: int) -> Member:
-    """A failed member with no region: the rebuild worker replaces it ("region lost")."""
-    return Member(appliance, 0, 0, size, FAILED, set(range(stripes)))
 
 
 def _membership(s: ResiliencySet, set_id: str, members: list[Member]) -> Membership:
@@ -223,49 +252,79 @@ def _membership(s: ResiliencySet, set_id: str, members: list[Member]) -> Members
                       members, epoch=time.time_ns() // 1000)
 
 
-async def save(snap: SetSnapshot) -> None:
-    """Store the snapshot set's membership record (members and witnesses, like a set's)."""
-    pool, m = snap.source.pool, snap.membership
-    targets = [x.appliance for x in m.members if x.state != FAILED]
-    witnesses = [a for a in pool.up() if a not in targets]
-    failed = await records.save(pool, m, {}, targets, witnesses)
-    if len(failed) == len(targets):
-        raise SetUnavailable(f"snapshot set {snap.set_id!r}: no member took its record")
+def snapshot_set(snap: SetSnapshot) -> ResiliencySet:
+    """The snapshot set of a taken snapshot, ready for reads (no I/O; its record is
+    written by ``store``)."""
+    m = snap.membership
+    return ResiliencySet(snap.source.pool, m, make_codec(m.scheme, m.chunk_size, m.backend), {})
 
 
 async def undo(snap: SetSnapshot) -> None:
-    """Revert ``prepare``/``take`` (before ``save``): the split member goes back, clones and
-    the replacement are freed. Call with the stripes still held. Best effort on errors."""
-    s = snap.source
-    if snap._detached is not None:
-        index, old = snap._detached
-        new = s.members[index]
-        s.members[index] = old
-        s.progress.pop(index, None)
-        s.changed()
-        snap._detached = None
-        try:
-            await s._persist()
-        except SetError as e:
-            log.warning("set %s: restoring the split member: %s", s.set_id, e)
-        await _free_quietly(s, new.handle)
-    await _free_all(s, snap._clones)
+    """Revert ``take`` (before the caller journals the snapshot): clones are freed (best
+    effort, errors logged); a split was only decided."""
+    snap._detached = None
+    snap.method = None
+    await _free_all(snap.source.pool, snap._clones)
     snap._clones = []
-    await _free_quietly(s, snap.replacement)
-    snap.replacement = None
 
 
-async def _free_all(s: ResiliencySet, handles) -> None:
-    for h in handles:
-        await _free_quietly(s, h)
+async def store(source: ResiliencySet, snapset: ResiliencySet) -> None:
+    """Write, after the journal commit, the source's membership (which no longer names a
+    split-off region) and then the snapshot set's record (members and witnesses). In this
+    order, so that a stored snapshot record means the source is stored too (``recover``
+    relies on it). Raises SetUnavailable or SetConflict (retry later; ``recover`` at the
+    next mount otherwise)."""
+    await source._persist()
+    snapset.changed()
+    await snapset._persist()
 
 
-async def _free_quietly(s: ResiliencySet, handle: RegionHandle | None) -> None:
-    if handle is None:
-        return
-    with trio.CancelScope(shield=True), trio.move_on_after(s.pool.timeout * 2):
-        try:
-            await (await s.pool.client(handle.appliance)).free(handle)
-        except TransportError as e:
-            log.warning("could not free region %d on %s: %s", handle.region_id,
-                        handle.appliance, e)
+async def recover(pool: AppliancePool, owner: str, set_id: str, source_id: str,
+                  record: bytes) -> bool:
+    """At mount, before any set is opened: store the snapshot set's journaled ``record``
+    if a crash came before ``store`` did; False if it was there already.
+
+    The source set's stored record then still names the split-off region: that member
+    becomes a placeholder (stored first), so the source never writes into the snapshot.
+    Raises SetNotFound (no record of the source), SetUnavailable (no appliance took a
+    record), SetConflict; ValueError for a malformed ``record``.
+    """
+    snapshot = Membership.from_bytes(record)
+    try:
+        await records.load(pool, owner, set_id)
+        return False
+    except SetNotFound:
+        pass
+    source, generations = await records.load(pool, owner, source_id)
+    taken = {(m.appliance, m.region_id) for m in snapshot.members if m.region_id}
+    stripes = -(-source.size // (source.scheme.data_chunks * source.chunk_size))
+    detached = [i for i, m in enumerate(source.members) if (m.appliance, m.region_id) in taken]
+    for i in detached:
+        source.members[i] = _placeholder(source.members[i].appliance,
+                                         source.members[i].size, stripes)
+    if detached:
+        source.epoch += 1
+        await _save(pool, source, generations)
+    await _save(pool, snapshot, {})
+    log.info("snapshot set %s: record stored from the journal (source %s: members %s "
+             "released)", set_id, source_id, detached)
+    return True
+
+
+async def _save(pool: AppliancePool, m: Membership, generations: dict[str, int]) -> None:
+    targets = [x.appliance for x in m.members if x.state != FAILED]
+    failed = await records.save(pool, m, generations, targets,
+                                [a for a in pool.up() if a not in targets])
+    if targets and len(failed) == len(targets):
+        raise SetUnavailable(f"set {m.set_id!r}: no member took its record")
+
+
+async def _free_all(pool: AppliancePool, handles) -> None:
+    for handle in handles:
+        with trio.CancelScope(shield=True), trio.move_on_after(pool.timeout * 2):
+            try:
+                await (await pool.client(handle.appliance)).free(handle)
+            except TransportError as e:
+                log.warning("could not free region %d on %s: %s", handle.region_id,
+                            handle.appliance, e)
+

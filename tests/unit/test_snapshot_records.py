@@ -46,7 +46,7 @@ async def test_snapshot_records_replay_and_delete(tmp_path):
     backing = FakeBacking()
     snaps = Snapshots(md, None, backing, journal)
     tree = snaps._capture(d)
-    info = snaps._record(b"s", d, tree, {1: SNAPSET_BASE}, {SNAPSET_BASE: 1 << 20})
+    info = snaps._record(b"s", d, tree, {SNAPSET_BASE: (1, 1 << 20, b"membership")})
     await journal.commit()
     state = journal.state
     top = state.inodes[info.top]
@@ -57,6 +57,7 @@ async def test_snapshot_records_replay_and_delete(tmp_path):
     assert f_copy.nlink == 2 and f_copy.xattrs == {b"user.k": b"v"}
     assert [e[2] for e in f_copy.extents] == [SNAPSET_BASE]
     assert state.allocator.free_ranges() == before["free"]  # not in the allocator
+    assert state.snapset_records == {SNAPSET_BASE: (1, b"membership")}
     assert snaps.frozen(info.top) and snaps.frozen(ROOT_INODE, DIR_NAME)
     assert not snaps.frozen(d) and not snaps.frozen(ROOT_INODE, b"d")
     live = state.snapshot()
@@ -66,7 +67,7 @@ async def test_snapshot_records_replay_and_delete(tmp_path):
     await snaps.delete(b"s")
     assert backing.destroyed == [SNAPSET_BASE]
     after = journal.state.snapshot()
-    assert after["snapshots"] == {} and after["snapsets"] == {}
+    assert after["snapshots"] == after["snapsets"] == after["snapset_records"] == {}
     assert after["free"] == before["free"]
     assert set(after["inodes"]) == set(before["inodes"]) | {snaps.directory()}
     assert (await Journal.load(DirJournalStore(path))).state.snapshot() == after
