@@ -427,13 +427,14 @@ class Snapshots:
 
     # -- the kernel ---------------------------------------------------------------------------
     async def _flush(self) -> None:
-        """Write back the kernel's dirty pages (writeback cache, mmap) to the sets."""
-        if self.mountpoint is None:
-            return
-        try:
-            await trio.to_thread.run_sync(_syncfs, self.mountpoint)
-        except OSError as exc:
-            log.warning("syncfs %s: %s", self.mountpoint, exc)
+        """Write back the kernel's dirty pages (writeback cache, mmap), then the daemon's
+        write-behind cache, to the sets."""
+        if self.mountpoint is not None:
+            try:
+                await trio.to_thread.run_sync(_syncfs, self.mountpoint)
+            except OSError as exc:
+                log.warning("syncfs %s: %s", self.mountpoint, exc)
+        await self.data.flush()
 
     async def _invalidate(self, ino: int | None, attr_only: bool = False) -> None:
         if self.mountpoint is None or ino is None:
