@@ -20,6 +20,7 @@ would, and gives reserved space back.
 """
 import logging
 from abc import ABC, abstractmethod
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -65,6 +66,13 @@ class Backing(ABC):
         triples; None: everything) durable. Raises DataUnavailable if some of it was lost.
         Nothing to do here: ``write_behind`` wrote through."""
         return
+
+    @asynccontextmanager
+    async def writing_through(self):
+        """Inside, ``write_behind`` writes through and nothing it kept is left unwritten
+        (flushed on entry; DataUnavailable if that lost data): the sets alone hold every
+        write, so quiescing them stops every write. Here, always so."""
+        yield
 
     @abstractmethod
     async def free_bytes(self) -> int:
@@ -284,6 +292,10 @@ class FileData:
         node = self.metadata.inode(ino)
         if node.extents is not None:
             await self.backing.flush([(set_id, o, n) for _, n, set_id, o in node.extents])
+
+    def writing_through(self):
+        """See ``Backing.writing_through`` (snapshots are taken inside it)."""
+        return self.backing.writing_through()
 
     async def flush_mapped(self, batch) -> None:
         """Make the data that the MAP records among journal records ``batch`` map durable

@@ -8,7 +8,8 @@
 * ``setxattr(PATH, user.resilfs.snapshot.restore, NAME)``: make PATH as it was.
 
 How a snapshot is taken (claims 9, 10, 18, 20): the kernel's dirty pages are written back
-(``syncfs``: every write completed before the call is on the sets), then every stripe of
+(``syncfs``) and the daemon's write-behind cache flushed and bypassed until the snapshot is
+taken (every write completed before the call is on the sets), then every stripe of
 every set the tree uses is locked (in-flight writes drain, new ones wait), the tree's
 metadata is captured, and each set is snapshotted by ``resilfs.sets.snapshot``: a healthy
 mirror set gives up a member region (it *is* the snapshot's data; a replacement region,
@@ -146,11 +147,13 @@ class Snapshots:
             started = trio.current_time()
             await self._flush()
             self._phases = {"flush": trio.current_time() - started}
-            for _ in range(ATTEMPTS):
-                info = await self._attempt(ino, name)
-                if info is not None:
-                    return info
-            raise refuse(errno.EAGAIN, "the tree kept changing sets; try again")
+            # every write on the sets (none waiting in the daemon): quiescing stops them all
+            async with self.data.writing_through():
+                for _ in range(ATTEMPTS):
+                    info = await self._attempt(ino, name)
+                    if info is not None:
+                        return info
+                raise refuse(errno.EAGAIN, "the tree kept changing sets; try again")
 
     async def _attempt(self, ino: int, name: bytes) -> SnapshotInfo | None:
         set_ids = sorted(self._sets_of(ino))
@@ -427,14 +430,13 @@ class Snapshots:
 
     # -- the kernel ---------------------------------------------------------------------------
     async def _flush(self) -> None:
-        """Write back the kernel's dirty pages (writeback cache, mmap), then the daemon's
-        write-behind cache, to the sets."""
-        if self.mountpoint is not None:
-            try:
-                await trio.to_thread.run_sync(_syncfs, self.mountpoint)
-            except OSError as exc:
-                log.warning("syncfs %s: %s", self.mountpoint, exc)
-        await self.data.flush()
+        """Write back the kernel's dirty pages (writeback cache, mmap) to the sets."""
+        if self.mountpoint is None:
+            return
+        try:
+            await trio.to_thread.run_sync(_syncfs, self.mountpoint)
+        except OSError as exc:
+            log.warning("syncfs %s: %s", self.mountpoint, exc)
 
     async def _invalidate(self, ino: int | None, attr_only: bool = False) -> None:
         if self.mountpoint is None or ino is None:

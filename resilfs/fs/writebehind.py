@@ -25,8 +25,10 @@ that have been dirty for ``age`` seconds, and the oldest ones whenever dirty blo
 more than half of ``limit`` bytes; writers wait (``write_behind`` returns later) while the
 cache holds more than ``limit`` bytes and no clean block can be dropped. Clean blocks stay
 for merges and reads until memory is needed or ``CLEAN_KEEP`` seconds passed. ``flush``
-writes a file's ranges or everything at once (fsync, snapshots, scrub, unmount: ``aclose``
-flushes before it closes the sets).
+writes a file's ranges or everything at once (fsync, fsyncdir, scrub, journal commits for
+the blocks their MAP records map, unmount: ``aclose`` flushes before it closes the sets).
+Inside ``writing_through()`` (a snapshot being taken) everything cached is flushed and
+every write goes through, so that quiescing the sets stops every write.
 
 Locks. Flushing a block and writing through it hold the block's lock (one lock per block
 while someone holds or waits for it), so a flush never writes bytes it read before a
@@ -104,9 +106,6 @@ class _BlockLocks:
     def __init__(self):
         self._locks: dict[tuple[int, int], list] = {}  # key -> [lock, holders + waiters]
 
-    def keys(self):
-        return self._locks.keys()
-
     @asynccontextmanager
     async def hold(self, keys):
         """Hold the locks of ``keys`` (taken in ascending order: no deadlock)."""
@@ -156,11 +155,13 @@ class WriteBehind(Backing):
         self._blocks: dict[tuple[int, int], _Block] = {}
         self._dirty: dict[tuple[int, int], _Block] = {}  # oldest first
         self._clean: dict[tuple[int, int], _Block] = {}  # least recently cleaned first
+        self._flushing: set[tuple[int, int]] = set()  # blocks being written back
         self._memory = 0  # bytes of all cached blocks
         self._dirty_memory = 0  # bytes of the blocks in _dirty
         self._locks = _BlockLocks()
         self._lost: dict[int, set[int]] = {}  # set id -> blocks whose dirty bytes were lost
         self._failures = 0
+        self._writing_through = 0  # callers inside writing_through()
         self._wake = trio.Event()  # for the flusher: a block became dirty, or pressure
         self._room = trio.Event()  # for writers and the flusher: a flush ended
         self._scope = trio.CancelScope()
@@ -215,7 +216,8 @@ class WriteBehind(Backing):
         through = []
         for set_id, offset, data in writes:
             view = memoryview(data).cast("B")
-            if len(view) >= self.block_size or set_id in self._lost:
+            if (len(view) >= self.block_size or set_id in self._lost
+                    or self._writing_through):
                 through.append((set_id, offset, view))
             else:
                 self._absorb(set_id, offset, view)
@@ -226,12 +228,14 @@ class WriteBehind(Backing):
     async def flush(self, ranges=None) -> None:
         """Write the dirty blocks of ``ranges`` (None: all) and wait for flushes in flight.
 
-        Raises DataUnavailable if a block of ``ranges`` lost its dirty bytes (now or
-        earlier in this mount), or, for None, if a flush failed meanwhile. Cancellation
-        leaves the blocks not yet written dirty.
+        Writes through in flight are not waited for (they have not completed; a snapshot
+        commits its journal batch while writes through wait for its quiesced sets). Raises
+        DataUnavailable if a block of ``ranges`` lost its dirty bytes (now or earlier in
+        this mount), or, for None, if a flush failed meanwhile. Cancellation leaves the
+        blocks not yet written dirty.
         """
         failures = self._failures
-        pending = set(self._dirty).union(self._locks.keys())
+        pending = set(self._dirty) | self._flushing
         await self._flush_keys(pending if ranges is None else self._within(pending, ranges))
         if ranges is None:
             if self._failures != failures:
@@ -244,6 +248,17 @@ class WriteBehind(Backing):
             set_id, index = min(lost)
             raise DataUnavailable(f"data set {set_id}: deferred writes at "
                                   f"{index * self.block_size} were lost")
+
+    @asynccontextmanager
+    async def writing_through(self):
+        """See ``Backing.writing_through``: every write goes through inside; what was
+        cached before is flushed on entry."""
+        self._writing_through += 1
+        try:
+            await self.flush()
+            yield
+        finally:
+            self._writing_through -= 1
 
     async def aclose(self) -> None:
         """Flush everything, then close the sets; a flush that fails is logged (those
@@ -409,6 +424,7 @@ class WriteBehind(Backing):
         """Write the block's dirty bytes to its set (its lock held); see the module
         docstring for how, and for failure and cancellation."""
         taken = self._take_dirty(block)
+        self._flushing.add(block.key)
         try:
             merged = await self._store(block, taken)
         except Exception as exc:
@@ -429,6 +445,8 @@ class WriteBehind(Backing):
                     self._mark_dirty(block)
                 block.dirty.update(taken)
             raise
+        finally:
+            self._flushing.discard(block.key)
         if merged is not None:  # the block read whole: the cache holds all of it now
             for lo, hi in list(block.valid.gaps(0, len(block.data))):
                 block.data[lo:hi] = merged[lo:hi]

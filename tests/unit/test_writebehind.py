@@ -323,6 +323,21 @@ def test_a_full_block_is_one_write_and_long_writes_go_through():
     run(main)
 
 
+def test_writing_through_flushes_first_and_then_bypasses_the_cache():
+    async def main():
+        inner = SlowSets()
+        cache = make_cache(inner)
+        await cache.write_behind([(1, 0, b"before")])
+        async with cache.writing_through():
+            assert inner.sets[1][:6] == b"before"
+            await cache.write_behind([(1, 3, b"during")])
+            assert inner.sets[1][:9] == b"befduring"
+            assert cache.statistics()["dirty_bytes"] == 0
+        await cache.write_behind([(1, 0, b"after")])
+        assert inner.sets[1][:5] == b"befdu"
+    run(main)
+
+
 def test_journal_maps_data_only_after_it_is_on_the_sets(tmp_path):
     """Ordered data: an allocating write waits in the cache, and the batch with its MAP
     record is appended only after the data reached the sets."""
