@@ -1,17 +1,15 @@
 """File data: file byte ranges -> extents -> byte ranges of resiliency sets.
 
-Reads fill one buffer straight from the sets (holes are zeroed, nothing is copied twice)
-and return a memoryview of it. Writes pass slices of the caller's buffer straight to the
-sets; only the first and last page of a newly mapped range are copied, to pad them with
-zeros, so that every page a file maps has been fully written (reused space needs no
-scrubbing). New extents are mapped in the journal only after their data is written: a
-reader never sees another file's old bytes, and a crash leaves the space free.
-
-Writes go to ``Backing.write_behind``, which may keep them in a cache and return before
-the sets have them (``resilfs.fs.writebehind``); ``flush`` makes a file's data, or all
-data, durable (fsync), and ``flush_mapped`` makes the data of a journal batch's MAP
-records durable before the batch (ordered data, ``Journal.before_append``): a MAP is
-never durable before the bytes it maps. Truncate's zeroing is written through.
+Reads fill one buffer straight from the backing (holes are zeroed, nothing is copied
+twice) and return a memoryview of it. Writes pass slices of the caller's buffer to
+``Backing.write_behind``, which may keep them in a cache and return before the sets have
+them (``resilfs.fs.writebehind``); only the first and last page of a newly mapped range
+are copied, to pad them with zeros, so that every page a file maps has been fully written
+(reused space needs no scrubbing). New extents are mapped only after their data is
+written, and a MAP record becomes durable only after that data is on the sets
+(``flush_mapped``, run by ``Journal.before_append``: ordered data): a reader never sees
+another file's old bytes, and a crash leaves the space free. ``flush`` makes a file's
+data, or all data, durable (fsync). Truncate's zeroing is written through.
 
 Encoding, decoding and large copies happen in the set layer's worker threads; this module
 does no CPU work beyond slicing. Errors of the backing come out as DataUnavailable (EIO
