@@ -66,7 +66,7 @@ def render(status: dict) -> Group:
     cache = status.get("cache")
     if cache:
         parts.append(f"write-behind cache: {_size(cache['cached_bytes'])} cached, "
-                     f"{_size(cache['dirty_bytes'])} in dirty blocks"
+                     f"{_size(cache['dirty_block_bytes'])} in dirty blocks"
                      + (f", [bold red]{cache['lost_blocks']} blocks of writes lost[/]"
                         if cache["lost_blocks"] else ""))
     scrub = status.get("scrub")

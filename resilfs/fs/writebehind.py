@@ -163,7 +163,7 @@ class WriteBehind(Backing):
         self._failures = 0
         self._writing_through = 0  # callers inside writing_through()
         self._wake = trio.Event()  # for the flusher: a block became dirty, or pressure
-        self._room = trio.Event()  # for writers and the flusher: a flush ended
+        self._room = trio.Event()  # for writers over the limit: a flush ended
         self._scope = trio.CancelScope()
 
     # -- Backing ----------------------------------------------------------------------
@@ -289,7 +289,7 @@ class WriteBehind(Backing):
 
     def statistics(self) -> dict:
         """A snapshot of the cache: bytes cached, bytes of dirty blocks, blocks lost."""
-        return {"cached_bytes": self._memory, "dirty_bytes": self._dirty_memory,
+        return {"cached_bytes": self._memory, "dirty_block_bytes": self._dirty_memory,
                 "lost_blocks": sum(len(b) for b in self._lost.values())}
 
     def _due(self) -> list[tuple[int, int]]:

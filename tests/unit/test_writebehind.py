@@ -143,7 +143,7 @@ def test_cache_matches_model(sequence, seed, limit):
                         await trio.sleep(0.2)
             await cache.flush()
             assert inner.sets == model
-            assert cache.statistics()["dirty_bytes"] == 0
+            assert cache.statistics()["dirty_block_bytes"] == 0
             nursery.cancel_scope.cancel()
     run(main)
 
@@ -275,11 +275,11 @@ def test_cancelled_flush_keeps_the_bytes_dirty():
         inner.write_gate = trio.Event()
         with trio.move_on_after(1):
             await cache.flush()
-        assert cache.statistics()["dirty_bytes"] == BLOCK
+        assert cache.statistics()["dirty_block_bytes"] == BLOCK
         inner.write_gate = None
         await cache.flush()
         assert inner.sets[1][100:107] == b"keep me"
-        assert cache.statistics()["dirty_bytes"] == 0
+        assert cache.statistics()["dirty_block_bytes"] == 0
     run(main)
 
 
@@ -332,7 +332,7 @@ def test_writing_through_flushes_first_and_then_bypasses_the_cache():
             assert inner.sets[1][:6] == b"before"
             await cache.write_behind([(1, 3, b"during")])
             assert inner.sets[1][:9] == b"befduring"
-            assert cache.statistics()["dirty_bytes"] == 0
+            assert cache.statistics()["dirty_block_bytes"] == 0
         await cache.write_behind([(1, 0, b"after")])
         assert inner.sets[1][:5] == b"befdu"
     run(main)
