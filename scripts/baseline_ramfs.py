@@ -7,7 +7,12 @@ no segments, no appliances. Data lives in one bytearray per file, written throug
 memoryviews (one copy). Enough POSIX for fio: create, open, read, write, truncate, unlink,
 getattr/setattr, readdir, mkdir, rmdir, rename.
 
-usage: baseline_ramfs.py MOUNTPOINT   (runs in the foreground; unmount with fusermount3 -u)
+With ``--xattrs`` it also answers getxattr and listxattr (no attributes), as a filesystem
+with extended attributes does; the kernel then asks for ``security.capability`` on every
+write(2), as it does on resilfs (without it, ENOSYS makes the kernel stop asking).
+
+usage: baseline_ramfs.py [--xattrs] MOUNTPOINT   (runs in the foreground; unmount with
+fusermount3 -u)
 """
 import errno
 import logging
@@ -44,8 +49,9 @@ class Node:
 class RamFS(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self):
+    def __init__(self, xattrs: bool = False):
         super().__init__()
+        self.xattrs = xattrs
         root = Node(pyfuse3.ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid())
         root.parent = root.ino
         self.nodes = {root.ino: root}
@@ -184,6 +190,18 @@ class RamFS(pyfuse3.Operations):
     async def flush(self, fh):
         pass
 
+    async def getxattr(self, inode, name, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        self._node(inode)
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        self._node(inode)
+        return []
+
     async def fsync(self, fh, datasync):
         pass
 
@@ -264,13 +282,16 @@ async def _serve(mountpoint):
 
 
 def main(args=None) -> int:
-    args = sys.argv[1:] if args is None else args
+    args = sys.argv[1:] if args is None else list(args)
+    xattrs = "--xattrs" in args
+    if xattrs:
+        args.remove("--xattrs")
     if len(args) != 1:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        print("usage: baseline_ramfs.py [--xattrs] MOUNTPOINT", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="baseline_ramfs: %(message)s")
     mountpoint = os.path.abspath(args[0])
-    pyfuse3.init(RamFS(), mountpoint, fuse_options("baseline_ramfs"))
+    pyfuse3.init(RamFS(xattrs), mountpoint, fuse_options("baseline_ramfs"))
     try:
         trio.run(_serve, mountpoint)
     except KeyboardInterrupt:

@@ -5,7 +5,9 @@
 # unlink 10,000 files). Prints a table of medians with ratios to the baseline, then one
 # JSON line. Environment: REPEAT (runs per job, default 3), SEQ_SIZE (default 256M),
 # RAND_SIZE (64M), RUNTIME (seconds of each random job, 5), TARGETS (comma-separated
-# subset of tmpfs,baseline,mirror2-shm,mirror2-tcp,ec42-shm,ec42-tcp).
+# subset of tmpfs,baseline,mirror2-shm,mirror2-tcp,ec42-shm,ec42-tcp; also baseline-xattrs,
+# on request: the baseline answering getxattr as resilfs does, which costs every write(2)
+# a getxattr round trip; see docs/filesystem.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -98,8 +98,9 @@ def target(name: str, work: str):
         finally:
             subprocess.run(["umount", mnt], check=False)
         return
-    if name == "baseline":
-        proc = subprocess.Popen([sys.executable, "scripts/baseline_ramfs.py", mnt])
+    if name in ("baseline", "baseline-xattrs"):
+        proc = subprocess.Popen([sys.executable, "scripts/baseline_ramfs.py",
+                                 *(["--xattrs"] if name == "baseline-xattrs" else []), mnt])
         try:
             wait_mounted(mnt, proc)
             yield mnt

@@ -11,7 +11,9 @@ import trio
 from ..errors import ResilfsError
 from ..fs import cluster as clusterfile
 from ..fs.mount import mount
+from ..fs.writebehind import DEFAULT_LIMIT
 from ..sets import WRITE_MODES
+from .mkfs import size
 
 MOUNT_TIMEOUT = 30.0
 
@@ -22,11 +24,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--write-mode", choices=WRITE_MODES, default="parallel")
+    p.add_argument("--cache-size", type=cache_size, default=DEFAULT_LIMIT,
+                   help="memory for the write-behind cache of overwrites (e.g. 64M; 0: write "
+                        f"through; default {DEFAULT_LIMIT >> 20}M)")
     p.add_argument("-o", dest="options", default="", help="FUSE options, e.g. allow_other")
     p.add_argument("--log", help="log file (default: stderr in the foreground)")
     p.add_argument("--debug", action="store_true", help="log debug messages")
     p.add_argument("--journal-dir", help="developer option: keep metadata in this local dir")
     return p
+
+
+def cache_size(text: str) -> int:
+    """A size as for mkfs (``64M``), or 0."""
+    return 0 if text == "0" else size(text)
 
 
 def main(args=None) -> int:
@@ -46,7 +56,8 @@ def main(args=None) -> int:
                             filename=opts.log,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         trio.run(lambda: mount(cluster, opts.mountpoint, journal_dir=opts.journal_dir,
-                               write_mode=opts.write_mode, fuse_extra=extra))
+                               write_mode=opts.write_mode, fuse_extra=extra,
+                               cache_size=opts.cache_size))
     except ResilfsError as exc:
         print(f"resilfs mount: {exc}", file=sys.stderr)
         return 1

@@ -63,6 +63,12 @@ def render(status: dict) -> Group:
         sets.add_row(str(s["id"]), f"[{colors.get(s['state'], 'white')}]{s['state']}[/]",
                      members, Group(*bars) if bars else "")
     parts = [head, apps, sets]
+    cache = status.get("cache")
+    if cache:
+        parts.append(f"write-behind cache: {_size(cache['cached_bytes'])} cached, "
+                     f"{_size(cache['dirty_block_bytes'])} in dirty blocks"
+                     + (f", [bold red]{cache['lost_blocks']} blocks of writes lost[/]"
+                        if cache["lost_blocks"] else ""))
     scrub = status.get("scrub")
     if scrub:
         parts.append(f"scrub ({'repair' if scrub['repair'] else 'check'}): "

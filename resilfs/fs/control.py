@@ -3,9 +3,11 @@
 Any inode of the mount answers them (the CLI uses the mount point):
 
 * ``getxattr user.resilfs.status``: JSON: appliances, capacity, sets with their health and
-  rebuild progress, the last or running scrub, whether the filesystem is read-only.
+  rebuild progress, the last or running scrub, whether the filesystem is read-only, and
+  the write-behind cache (bytes cached and dirty, blocks whose writes were lost).
 * ``setxattr user.resilfs.scrub check|repair``: start a scrub of every set in the
-  background (EBUSY while one runs); progress and result appear in the status.
+  background (EBUSY while one runs), after flushing the write-behind cache; progress and
+  result appear in the status.
 
 Any other ``user.resilfs.*`` name, or a bad value, is EINVAL and changes nothing. Snapshots
 will be more names here. ``run()`` (in the mount's nursery) does the scrubs; ``stop()``
@@ -34,13 +36,14 @@ SCRUB = b"user.resilfs.scrub"
 
 class Control:
     def __init__(self, name: str, metadata: Metadata, data: FileData, backing: SetBacking,
-                 journal: Journal, is_read_only):
+                 journal: Journal, is_read_only, cache=None):
         self.name = name
         self.metadata = metadata
         self.data = data
         self.backing = backing
         self.journal = journal
         self.is_read_only = is_read_only
+        self.cache = cache  # resilfs.fs.writebehind.WriteBehind, or None: writes go through
         self.scrub: dict | None = None
         self._send, self._receive = trio.open_memory_channel(1)
         self._scope = trio.CancelScope()
@@ -96,7 +99,8 @@ class Control:
         return {"filesystem": self.name, "scheme": fmt.scheme if fmt else None,
                 "read_only": self.is_read_only(), "inodes": len(self.metadata.state.inodes),
                 "data_total": total, "data_free": free, "journal_queued": self.journal.queued,
-                "appliances": appliances, "sets": sets, "scrub": self.scrub}
+                "appliances": appliances, "sets": sets, "scrub": self.scrub,
+                "cache": self.cache.statistics() if self.cache is not None else None}
 
     # -- background work -----------------------------------------------------------------
     async def run(self) -> None:
@@ -112,6 +116,10 @@ class Control:
         job["sets_total"] = len(set_ids)
         log.info("scrub (%s) of %d sets started", "repair" if job["repair"] else "check",
                  len(set_ids))
+        try:
+            await self.data.flush()  # the sets as the files have them
+        except FsError as exc:
+            job["errors"].append(f"write-behind cache: {exc}")
         for set_id in set_ids:
             try:
                 s = await self.backing.get(set_id)

@@ -1,11 +1,15 @@
 """File data: file byte ranges -> extents -> byte ranges of resiliency sets.
 
-Reads fill one buffer straight from the sets (holes are zeroed, nothing is copied twice)
-and return a memoryview of it. Writes pass slices of the caller's buffer straight to the
-sets; only the first and last page of a newly mapped range are copied, to pad them with
-zeros, so that every page a file maps has been fully written (reused space needs no
-scrubbing). New extents are mapped in the journal only after their data is written: a
-reader never sees another file's old bytes, and a crash leaves the space free.
+Reads fill one buffer straight from the backing (holes are zeroed, nothing is copied
+twice) and return a memoryview of it. Writes pass slices of the caller's buffer to
+``Backing.write_behind``, which may keep them in a cache and return before the sets have
+them (``resilfs.fs.writebehind``); only the first and last page of a newly mapped range
+are copied, to pad them with zeros, so that every page a file maps has been fully written
+(reused space needs no scrubbing). New extents are mapped only after their data is
+written, and a MAP record becomes durable only after that data is on the sets
+(``flush_mapped``, run by ``Journal.before_append``: ordered data): a reader never sees
+another file's old bytes, and a crash leaves the space free. ``flush`` makes a file's
+data, or all data, durable (fsync). Truncate's zeroing is written through.
 
 Encoding, decoding and large copies happen in the set layer's worker threads; this module
 does no CPU work beyond slicing. Errors of the backing come out as DataUnavailable (EIO
@@ -14,12 +18,15 @@ would, and gives reserved space back.
 """
 import logging
 from abc import ABC, abstractmethod
+from contextlib import asynccontextmanager
 
 import trio
 
 from .allocator import OutOfSpace
+from .errors import DataUnavailable
 from .extents import PAGE, page_down, page_up
 from .metadata import Metadata
+from .records import Op
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,25 @@ class Backing(ABC):
     @abstractmethod
     async def write(self, set_id: int, offset: int, data) -> None:
         """Write ``data`` at ``offset``; return once the set acknowledged it (durable)."""
+
+    async def write_behind(self, writes) -> None:
+        """Write each ``(set_id, offset, data)`` of ``writes`` into space of the caller's
+        (mapped by its file, or reserved for it). This writes through; a cache may instead
+        keep the data and return before the sets have it (``flush`` makes it durable)."""
+        await run_all(self.write, writes)
+
+    async def flush(self, ranges=None) -> None:
+        """Make what ``write_behind`` kept for ``ranges`` (``(set_id, offset, length)``
+        triples; None: everything) durable. Raises DataUnavailable if some of it was lost.
+        Nothing to do here: ``write_behind`` wrote through."""
+        return
+
+    @asynccontextmanager
+    async def writing_through(self):
+        """Inside, ``write_behind`` writes through and nothing it kept is left unwritten
+        (flushed on entry; DataUnavailable if that lost data): the sets alone hold every
+        write, so quiescing them stops every write. Here, always so."""
+        yield
 
     @abstractmethod
     async def free_bytes(self) -> int:
@@ -114,7 +140,7 @@ class FileData:
             else:
                 reads.append((set_id, o, part))
         try:
-            await self._run_all(self.backing.read_into, reads)
+            await run_all(self.backing.read_into, reads)
         except BaseException:
             self._buffers.give(buffer)
             raise
@@ -140,7 +166,7 @@ class FileData:
             elif await self._write_allocating(node, offset, view):
                 break
         else:  # no holes (left): the range is mapped
-            await self._run_all(self.backing.write, self._mapped_writes(node, offset, view))
+            await self.backing.write_behind(self._mapped_writes(node, offset, view))
         self.metadata.written(ino, end)
         return len(view)
 
@@ -186,7 +212,7 @@ class FileData:
         entry = (start, stop, trio.Event())
         self._allocating.setdefault(node.ino, []).append(entry)
         try:
-            await self._run_all(self.backing.write, writes)
+            await self.backing.write_behind(writes)
             if self.metadata.state.inodes.get(node.ino) is node:
                 for f, pieces in maps:
                     self.metadata.map(node.ino, f, pieces)
@@ -249,16 +275,43 @@ class FileData:
             writes = [(set_id, o, self._zeros[:n])
                       for _, n, set_id, o in node.extents.pieces(size, size + tail)
                       if set_id is not None]
-            await self._run_all(self.backing.write, writes)
+            await run_all(self.backing.write, writes)
         self.metadata.setattr(ino, size=size)
 
-    # -- helpers -------------------------------------------------------------------
-    @staticmethod
-    async def _run_all(call, jobs) -> None:
-        """Run ``call(*job)`` for every job, concurrently when there are several."""
-        if len(jobs) == 1:
-            await call(*jobs[0])
-        elif jobs:
-            async with trio.open_nursery() as nursery:
-                for job in jobs:
-                    nursery.start_soon(call, *job)
+    # -- durability ----------------------------------------------------------------
+    async def flush(self, ino: int | None = None) -> None:
+        """Make the data of file ``ino`` (None: of every file) durable on the sets.
+
+        Raises DataUnavailable if writes the backing deferred there were lost.
+        """
+        if ino is None:
+            await self.backing.flush()
+            return
+        node = self.metadata.inode(ino)
+        if node.extents is not None:
+            await self.backing.flush([(set_id, o, n) for _, n, set_id, o in node.extents])
+
+    def writing_through(self):
+        """See ``Backing.writing_through`` (snapshots are taken inside it)."""
+        return self.backing.writing_through()
+
+    async def flush_mapped(self, batch) -> None:
+        """Make the data that the MAP records among journal records ``batch`` map durable
+        (before the batch is: ``Journal.before_append``). Data lost meanwhile is logged and
+        stays mapped: its set is beyond tolerance, so reading it answers EIO."""
+        ranges = [(r[4], r[5], r[3]) for r in batch if r[0] == Op.MAP]
+        if ranges:
+            try:
+                await self.backing.flush(ranges)
+            except DataUnavailable as exc:
+                log.error("journal batch maps data that was lost: %s", exc)
+
+
+async def run_all(call, jobs) -> None:
+    """Run ``call(*job)`` for every job, concurrently when there are several."""
+    if len(jobs) == 1:
+        await call(*jobs[0])
+    elif jobs:
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(call, *job)

@@ -13,6 +13,7 @@ also be replayed from a later batch.
 """
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -72,6 +73,9 @@ class Journal:
         self._appended_bytes = 0  # batches since the last checkpoint
         self._checkpoint_bytes = 0
         self.commit_needed = trio.Event()
+        #: awaited with the records of each batch before it is appended (the mount makes
+        #: the file data that MAP records point at durable first: ordered data)
+        self.before_append: Callable[[list[tuple]], Awaitable[None]] | None = None
 
     @classmethod
     async def load(cls, store: JournalStore) -> "Journal":
@@ -131,6 +135,8 @@ class Journal:
         batch_records, self._queued = self._queued, []
         sealed = self.state.allocator.seal()
         try:
+            if self.before_append is not None:
+                await self.before_append(batch_records)
             batch = records.encode(batch_records)
             await self.store.append(batch)
         except BaseException:

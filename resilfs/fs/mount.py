@@ -1,13 +1,14 @@
 """Wiring: a cluster and a mount point become a running filesystem (S3QL's mount.py).
 
 ``mount`` builds the layers bottom-up in an exit stack (pool -> journal store -> journal ->
-metadata -> sets -> file data -> operations), repairs what a crash left on the appliances
-before any set is opened (snapshot records, leaked regions: ``Snapshots.sets.recover``,
-``sweep``), starts the background workers (journal commits and compaction, set rebuild,
-snapshot sets) in a nursery, mounts, raises the bdi's read-ahead,
-and serves until the filesystem is unmounted (``fusermount3 -u``) or SIGTERM/SIGINT
-arrives. Then it stops the workers, commits, writes a checkpoint and closes the sets, so
-a clean unmount leaves everything on the appliances and a quick next mount.
+metadata -> sets -> write-behind cache -> file data -> operations), repairs what a crash
+left on the appliances before any set is opened (snapshot records, leaked regions:
+``Snapshots.sets.recover``, ``sweep``), starts the background workers (journal commits and
+compaction, set rebuild, cache flusher, snapshot sets) in a nursery, mounts, raises the
+bdi's read-ahead, and serves until the filesystem is unmounted (``fusermount3 -u``) or
+SIGTERM/SIGINT arrives. Then it stops the workers, commits, writes a checkpoint, flushes
+the cache and closes the sets, so a clean unmount leaves everything on the appliances and
+a quick next mount.
 
 Failure: errors while building raise before anything is mounted; if serving ends with an
 exception, the mount point is still unmounted and the exit stack closes what was opened
@@ -40,6 +41,7 @@ from .operations import Operations
 from .snapshots import Snapshots
 from .state import State
 from .sweep import known_sets, sweep
+from .writebehind import DEFAULT_LIMIT, WriteBehind, block_size_for
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,9 @@ async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
 
 async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = None,
                 write_mode: str = "parallel", fuse_extra=(), commit_interval: float = 1.0,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Mount and serve until unmounted; see the module docstring."""
+                cache_size: int = DEFAULT_LIMIT, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Mount and serve until unmounted; see the module docstring. ``cache_size`` bytes for
+    the write-behind cache (``resilfs.fs.writebehind``); 0 writes through."""
     mountpoint = os.path.abspath(mountpoint)
     async with AsyncExitStack() as stack:
         pool, store, journal = await open_metadata(stack, cluster, journal_dir)
@@ -110,12 +113,18 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         rebuild = RebuildWorker()
         backing = SetBacking(pool, cluster.name, fmt.scheme, write_mode=write_mode,
                              chunk_size=fmt.chunk_size, codec=fmt.codec, rebuild=rebuild)
-        stack.push_async_callback(backing.aclose)
         scheme = Scheme.parse(fmt.scheme)
         stripe = fmt.chunk_size * scheme.data_chunks if scheme.data_chunks > 1 else PAGE
-        data = FileData(metadata, backing, fmt.set_size, stripe)
+        cache = None
+        if cache_size:
+            cache = WriteBehind(backing, block_size_for(stripe),
+                                lambda set_id: journal.state.allocator.set_sizes()[set_id],
+                                limit=cache_size)
+        stack.push_async_callback((cache or backing).aclose)  # the cache flushes first
+        data = FileData(metadata, cache or backing, fmt.set_size, stripe)
+        journal.before_append = data.flush_mapped
         control = Control(cluster.name, metadata, data, backing, journal,
-                          lambda: operations.read_only)
+                          lambda: operations.read_only, cache=cache)
         snapshots = Snapshots(metadata, data, backing, journal, mountpoint)
         # before any set is opened or any region allocated:
         await snapshots.sets.recover()  # snapshot records a crash kept off the appliances
@@ -130,6 +139,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
+                if cache is not None:
+                    await nursery.start(cache.run)
                 nursery.start_soon(signals.run)
                 nursery.start_soon(control.run)
                 nursery.start_soon(snapshots.sets.run)
@@ -145,6 +156,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 rebuild.stop()
                 control.stop()
                 snapshots.sets.stop()
+                if cache is not None:
+                    cache.stop()  # the exit stack flushes it
         finally:
             # main() returns without our help only when the kernel unmounted already
             pyfuse3.close(unmount=signals.received or not signals.stopped)

@@ -241,7 +241,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def flush(self, fh):
-        pass  # data is on the sets once write() returned; durability is fsync's job
+        pass  # durability is fsync's job (writes may wait in the write-behind cache)
 
     @_handler
     async def release(self, fh):
@@ -249,7 +249,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def fsync(self, fh, datasync):
-        await self.journal.commit()  # file data is durable on the sets already
+        await self.data.flush(self._handles[fh])  # EIO if deferred writes were lost
+        await self.journal.commit()
 
     # -- directories -----------------------------------------------------------------
     @_handler
@@ -273,6 +274,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def fsyncdir(self, fh, datasync):
+        await self.data.flush()
         await self.journal.commit()
 
     # -- the filesystem ----------------------------------------------------------------

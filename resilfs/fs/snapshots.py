@@ -8,8 +8,9 @@
 * ``setxattr(PATH, user.resilfs.snapshot.restore, NAME)``: make PATH as it was.
 
 How a snapshot is taken (claims 9, 10, 18, 20): the kernel's dirty pages are written back
-(``syncfs``: every write completed before the call is on the sets) while every appliance
-is asked for its STAT (liveness, free space), then every stripe of every set the tree uses
+(``syncfs``: every write completed before the call is on the sets) and the daemon's
+write-behind cache flushed and bypassed until the snapshot is taken, while every appliance
+is asked for its STAT (liveness, free space); then every stripe of every set the tree uses
 is locked (in-flight writes drain, new ones wait), the tree's metadata is captured, and
 each set is snapshotted by ``resilfs.sets.snapshot``: a healthy mirror set gives up a
 member region (it *is* the snapshot's data), other sets clone their members inside the
@@ -167,11 +168,13 @@ class Snapshots:
                 nursery.start_soon(survey.refresh)
                 await self._flush()
             self._phases = {"flush+survey": trio.current_time() - started}
-            for _ in range(ATTEMPTS):
-                info = await self._attempt(ino, name, survey)
-                if info is not None:
-                    return info
-            raise refuse(errno.EAGAIN, "the tree kept changing sets; try again")
+            # every write on the sets (none waiting in the daemon): quiescing stops them all
+            async with self.data.writing_through():
+                for _ in range(ATTEMPTS):
+                    info = await self._attempt(ino, name, survey)
+                    if info is not None:
+                        return info
+                raise refuse(errno.EAGAIN, "the tree kept changing sets; try again")
 
     async def _attempt(self, ino: int, name: bytes,
                        survey: setsnap.Survey) -> SnapshotInfo | None:
