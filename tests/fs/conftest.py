@@ -3,7 +3,9 @@
 Every fixture cleans up whatever happened: the mount is unmounted (lazily if need be), the
 daemon stopped by PID, the appliances stopped by the launcher, the temp dir removed.
 """
+import itertools
 import os
+import re
 import tempfile
 
 import pytest
@@ -53,6 +55,40 @@ def make_cluster(tmp_path, count=3, scheme="mirror:2", transport="tcp", capacity
         launcher.close()
         raise
     return FsCluster(workdir, launcher, apps, cluster)
+
+
+def lose_one_set(tmp_path):
+    """Six appliances, mirror:2 in 1 MiB sets, one fsync'd 1 MiB file per set (``f0`` on set
+    1, ...), then every appliance of one set killed while another set and two copies of the
+    journal survive. Returns (cluster, mount, contents by name, lost file, kept file); skips
+    if placement left no such pair. The caller closes the cluster and its launcher."""
+    c = make_cluster(tmp_path, count=6, scheme="mirror:2", capacity="64M",
+                     mkfs_args=("--set-size", "1M"))
+    try:
+        m = c.mount()
+        contents = {}
+        for i in range(6):
+            contents[f"f{i}"] = os.urandom(1 << 20)
+            with open(os.path.join(c.mountpoint, f"f{i}"), "wb") as f:
+                f.write(contents[f"f{i}"])
+                os.fsync(f.fileno())
+        placement = {int(s): set(members.split(", ")) for s, members in re.findall(
+            r"created set testfs/data-(\d+): mirror:2, \d+ bytes on (.*)", m.log_tail(200))}
+        journal_copies = {a.address for a in c.apps[:3]}
+        for lost, kept in itertools.permutations(sorted(placement), 2):
+            dead = placement[lost]
+            if not dead & placement[kept] and len(journal_copies - dead) >= 2:
+                break
+        else:
+            pytest.skip(f"no placement fits this test: {placement}")
+        for app in c.apps:
+            if app.address in dead:
+                c.launcher.kill(app)
+    except BaseException:
+        c.close()
+        c.launcher.close()
+        raise
+    return c, m, contents, f"f{lost - 1}", f"f{kept - 1}"
 
 
 @pytest.fixture

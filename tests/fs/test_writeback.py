@@ -3,14 +3,12 @@ back from it at once, reach the appliances on fsync and on a clean unmount, and 
 that fails beyond tolerance answers EIO on fsync."""
 import ctypes
 import errno
-import itertools
 import json
 import os
-import re
 
 import pytest
 
-from tests.fs.conftest import make_cluster
+from tests.fs.conftest import lose_one_set, make_cluster
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -103,31 +101,13 @@ def test_new_small_files_survive_a_crash_after_fsync(ec_cluster):
 
 
 def test_a_flush_lost_beyond_tolerance_is_eio_on_fsync(tmp_path):
-    c = make_cluster(tmp_path, count=6, scheme="mirror:2", capacity="64M",
-                     mkfs_args=("--set-size", "1M"))
+    c, _m, _contents, lost, kept = lose_one_set(tmp_path)
     try:
-        m = c.mount()
-        for i in range(6):  # one file per 1 MiB set: set i+1 holds file i
-            with open(os.path.join(c.mountpoint, f"f{i}"), "wb") as f:
-                f.write(os.urandom(1 << 20))
-                os.fsync(f.fileno())
-        placement = {int(s): set(members.split(", ")) for s, members in re.findall(
-            r"created set testfs/data-(\d+): mirror:2, \d+ bytes on (.*)", m.log_tail(200))}
-        journal_copies = {a.address for a in c.apps[:3]}
-        for lost, kept in itertools.permutations(sorted(placement), 2):
-            dead = placement[lost]
-            if not dead & placement[kept] and len(journal_copies - dead) >= 2:
-                break
-        else:
-            pytest.skip(f"no placement fits this test: {placement}")
-        for app in c.apps:
-            if app.address in dead:
-                c.launcher.kill(app)
         # a whole page each: the kernel need not read it first
-        with open(os.path.join(c.mountpoint, f"f{kept - 1}"), "r+b", buffering=0) as f:
+        with open(os.path.join(c.mountpoint, kept), "r+b", buffering=0) as f:
             f.write(b"k" * PAGE)
             os.fsync(f.fileno())  # a set within tolerance: fine
-        with open(os.path.join(c.mountpoint, f"f{lost - 1}"), "r+b", buffering=0) as f:
+        with open(os.path.join(c.mountpoint, lost), "r+b", buffering=0) as f:
             f.write(b"x" * PAGE)  # into the page cache, then the daemon's cache: no error
             with pytest.raises(OSError) as info:
                 os.fsync(f.fileno())
@@ -137,7 +117,7 @@ def test_a_flush_lost_beyond_tolerance_is_eio_on_fsync(tmp_path):
             assert info.value.errno == errno.EIO
         assert status(c.mountpoint)["cache"]["lost_blocks"] >= 1
         assert status(c.mountpoint)["read_only"]
-        with open(os.path.join(c.mountpoint, f"f{kept - 1}"), "rb") as f:
+        with open(os.path.join(c.mountpoint, kept), "rb") as f:
             assert f.read(PAGE) == b"k" * PAGE
     finally:
         c.close()
