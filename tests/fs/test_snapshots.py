@@ -463,7 +463,7 @@ def _snapshot_frozen_after(daemon, path, name, ports):
 
 
 def test_mirror_snapshot_moves_no_file_data(tmp_path):
-    """256 MiB mirrored file: the snapshot call moves none of its bytes over the transport
+    """1 GiB mirrored file: the snapshot call moves none of its bytes over the transport
     (appliance byte counters) and takes far less time than copying it.
 
     Only the call is counted: the background rebuild of the split set may start any time
@@ -477,7 +477,7 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
     try:
         apps = []
         for port in ports:
-            apps += launcher.start(1, persist=True, capacity="1200M",
+            apps += launcher.start(1, persist=True, capacity="2400M",
                                    extra_args=("--metrics", f"127.0.0.1:{port}"))
         cluster = write_cluster(workdir, launcher, apps)
         r = run_cli("mkfs", cluster, "--scheme", "mirror:2")
@@ -486,7 +486,7 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
         try:
             mnt = c.mount().mountpoint
             p = os.path.join(mnt, "big")
-            size = 256 << 20
+            size = 1 << 30
             block = os.urandom(1 << 20)
             t0 = time.monotonic()
             with open(p, "wb") as f:
