@@ -1,6 +1,9 @@
-/* GIL-free copies for resilfs._copy: memcpy, and a second copy lane on a helper thread.
+/* GIL-free work for resilfs._copy: memcpy and matrix kernels, and a second lane on a helper
+ * thread.
  *
- * resilfs_lane_post() offers a list of copies (pieces of a few hundred KiB) to one helper
+ * A job is a copy (dst, src, n) or a piece of a matrix product (bytes [offset, offset + n)
+ * of every source and output of a product, computed by its kernel: see lane_kernel.h).
+ * resilfs_lane_post() offers a list of jobs (pieces of a few hundred KiB) to one helper
  * thread (started on first use, and again in a forked child, which has none); the caller
  * may do other work, then resilfs_lane_finish() copies the pieces the helper has not
  * claimed and waits for the ones it has: two vCPUs copy at once when the helper is awake,
@@ -21,18 +24,29 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lane_kernel.h"
+
 #define RESILFS_LANE_SPIN_NS 200000L
 
+/* outputs[r] = sum over i of coef[r][i] * sources[i], by ``kernel`` */
 typedef struct {
-    unsigned char *dst;
+    const resilfs_kernel_t *kernel;
+    unsigned char **sources;  /* kernel->k pointers */
+    unsigned char **outputs;  /* kernel->rows pointers */
+} resilfs_product_t;
+
+typedef struct {
+    unsigned char *dst;                 /* a copy: dst[0:n] = src[0:n] */
     const unsigned char *src;
     size_t n;
-} resilfs_copy_t;
+    const resilfs_product_t *product;   /* or, if not NULL, bytes [offset, offset + n) of it */
+    size_t offset;
+} resilfs_job_t;
 
 static pthread_mutex_t resilfs_lane_owner = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t resilfs_lane_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t resilfs_lane_cv = PTHREAD_COND_INITIALIZER;
-static const resilfs_copy_t *resilfs_lane_jobs;
+static const resilfs_job_t *resilfs_lane_jobs;
 static size_t resilfs_lane_njobs;
 static atomic_size_t resilfs_lane_next;  /* next job to claim */
 /* 0 idle, 1 posted, 2 helper working, 3 helper finished */
@@ -51,20 +65,35 @@ static long resilfs_now_ns(void) {
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-static void resilfs_copy_all(const resilfs_copy_t *jobs, size_t n) {
+static void resilfs_run_job(const resilfs_job_t *job) {
+    const resilfs_product_t *p = job->product;
+    if (p == NULL) {
+        memcpy(job->dst, job->src, job->n);
+        return;
+    }
+    const resilfs_kernel_t *kernel = p->kernel;
+    unsigned char *sources[RESILFS_MAX_CHUNKS], *outputs[RESILFS_MAX_CHUNKS];
+    for (int i = 0; i < kernel->k; i++)
+        sources[i] = p->sources[i] + job->offset;
+    for (int r = 0; r < kernel->rows; r++)
+        outputs[r] = p->outputs[r] + job->offset;
+    kernel->fn((int)job->n, kernel->k, kernel->rows, kernel->tables, sources, outputs);
+}
+
+static void resilfs_copy_all(const resilfs_job_t *jobs, size_t n) {
     for (size_t i = 0; i < n; i++)
-        memcpy(jobs[i].dst, jobs[i].src, jobs[i].n);
+        resilfs_run_job(&jobs[i]);
 }
 
 /* Claim and copy jobs of the posted list until none is left (both threads do this). */
 static void resilfs_lane_drain(void) {
-    const resilfs_copy_t *jobs = resilfs_lane_jobs;
+    const resilfs_job_t *jobs = resilfs_lane_jobs;
     size_t n = resilfs_lane_njobs;
     for (;;) {
         size_t i = atomic_fetch_add_explicit(&resilfs_lane_next, 1, memory_order_relaxed);
         if (i >= n)
             return;
-        memcpy(jobs[i].dst, jobs[i].src, jobs[i].n);
+        resilfs_run_job(&jobs[i]);
     }
 }
 
@@ -121,7 +150,7 @@ static void resilfs_lane_release(void) {
 }
 
 /* Offer ``jobs`` (valid until resilfs_lane_finish returns) to the helper. */
-static void resilfs_lane_post(const resilfs_copy_t *jobs, size_t n) {
+static void resilfs_lane_post(const resilfs_job_t *jobs, size_t n) {
     resilfs_lane_jobs = jobs;
     resilfs_lane_njobs = n;
     atomic_store_explicit(&resilfs_lane_next, 0, memory_order_relaxed);
@@ -131,17 +160,15 @@ static void resilfs_lane_post(const resilfs_copy_t *jobs, size_t n) {
     pthread_mutex_unlock(&resilfs_lane_mu);
 }
 
-/* Copy what the helper has not claimed, then wait until it is out of the job list.
- * A helper that has not started yet (descheduled, asleep) is cancelled: nothing waits
- * for it. */
+/* Run the jobs the helper has not claimed, then wait until it is out of the job list.
+ * A helper that has not started by then (descheduled, asleep) is called off: nothing
+ * waits for it. */
 static void resilfs_lane_finish(void) {
+    resilfs_lane_drain();
     int posted = 1;
     if (atomic_compare_exchange_strong_explicit(&resilfs_lane_state, &posted, 0,
-                                                memory_order_acq_rel, memory_order_acquire)) {
-        resilfs_copy_all(resilfs_lane_jobs, resilfs_lane_njobs);
+                                                memory_order_acq_rel, memory_order_acquire))
         return;
-    }
-    resilfs_lane_drain();
     unsigned spins = 0;
     while (atomic_load_explicit(&resilfs_lane_state, memory_order_acquire) != 3) {
         resilfs_cpu_relax();

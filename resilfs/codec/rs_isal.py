@@ -63,6 +63,20 @@ class IsalCodec(MdsCodec):
         self._encoder.update(index, old, coding)
         self._encoder.update(index, new, coding)
 
+    def kernel(self, sources, outputs):
+        """The encoder's tables for data -> coding, else decode tables (cached)."""
+        sources, outputs = tuple(sources), tuple(outputs)
+        k = self.data_chunks
+        for i in sources + outputs:
+            self._check_chunk(i)
+        if len(sources) != k or len(set(sources)) != k or set(sources) & set(outputs) \
+                or len(set(outputs)) != len(outputs) or not outputs:
+            raise CodecError(f"{self.scheme}: no kernel from chunks {list(sources)} to "
+                             f"{list(outputs)} (need {k} distinct sources, other outputs)")
+        if sources == tuple(range(k)) and outputs == tuple(range(k, self._width)):
+            return self._encoder
+        return self._decoder(sources, outputs)
+
     def _decode_tables(self, chosen: tuple[int, ...], missing: tuple[int, ...]):
         """Tables turning chunks ``chosen`` into chunks ``missing``: rows A[w] * inv(A[chosen])."""
         k = self.data_chunks

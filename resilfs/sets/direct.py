@@ -3,17 +3,19 @@
 Over shm a member's region is mapped in this process (``ShmClient.view``), so a set need
 not go through intermediate buffers: member writes and reads are GIL-free copies
 (``copy_parallel``), full-stripe encodes write the coding chunks straight into the coding
-members' regions, degraded reads decode
-from the survivors' regions into the caller's buffer, and rebuild copies or decodes from
-the survivors' regions into the target's.
+members' regions, degraded reads decode from the survivors' regions into the caller's
+buffer, and rebuild copies or decodes from the survivors' regions into the target's.
+Encodes and decodes whose codec has a kernel (``Codec.kernel``: ISA-L) run as products of
+``copy_parallel``, shared piece by piece with its helper thread: two vCPUs at once.
 
 Used only when every member a step touches is connected over shm and the step moves at
 least ``DIRECT_MIN`` bytes; otherwise the ordinary transfer path runs. Failures as on the
 ordinary path: a member whose view cannot be had (freed region, dead appliance) is marked
 failed by the set, and bytes read through views count only if ``check_live`` passes
 after the copy or decode (a region freed meanwhile → that member is marked failed).
-Cancellation: only the view lookups await; the copies themselves are not interruptible
-(they take about as long as the ordinary inline shm copies did).
+Cancellation: only the view lookups await; the copies and products themselves are not
+interruptible (they run on the loop thread, as the ordinary inline shm copies do, and
+take about as long).
 """
 from typing import TYPE_CHECKING
 
@@ -31,10 +33,13 @@ DIRECT_MIN = 256 << 10  # bytes a step must move to take the direct path
 # largest full-stripe write or degraded read whose encode/decode runs on the loop thread
 # (beside the copies, which block it as long); larger ones decode in worker threads
 ENCODE_INLINE_MAX = 4 << 20
-# Copies of at least this many bytes are shared with copy_parallel's helper thread. Off:
-# measured here it lost (the copies are memory-bandwidth bound, the vCPUs shared; see
+# Plain copies of at least this many bytes are shared with copy_parallel's helper thread.
+# Off: measured here it lost (the copies are memory-bandwidth bound, the vCPUs shared; see
 # docs/sets.md "Direct access over shm"). Set to e.g. 256 KiB to try it elsewhere.
 HELPER_MIN = 1 << 62
+# Steps with encodes or decodes (kernels) of at least this many bytes share the helper:
+# the GF(2^8) math is compute as much as memory, and two vCPUs nearly halve it.
+KERNEL_HELPER_MIN = 256 << 10
 
 
 def shm_clients(s: "ResiliencySet", indices) -> dict[int, ShmClient] | None:
@@ -109,8 +114,9 @@ def full_stripes_apply(s: "ResiliencySet", offset: int, length: int,
 async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
                              stripes: range, clients: dict[int, ShmClient]) -> set[int] | None:
     """Write whole stripes of a set whose members are all current (``full_stripes_apply``):
-    this thread encodes straight into the coding members' regions and copies the data
-    chunks into the data members' (shared with the helper thread if HELPER_MIN allows).
+    the data chunks are copied into the data members' regions and the coding chunks
+    encoded straight into the coding members' (with a kernel: shared with the helper
+    thread; without: encoded on this thread, then copied).
     Returns the failed members, or None if a member's view could not be had (it is marked
     failed, nothing was written: plan again)."""
     k, cs, ss = s.k, s.chunk_size, s.stripe_size
@@ -128,6 +134,12 @@ async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
             at = p * ss + c * cs
             pairs.append((region[p * cs:(p + 1) * cs], view[at:at + cs]))
     coding = [got[i][0] for i in range(k, s.width)]
+    kernel = s.codec.kernel(range(k), range(k, s.width))
+    if kernel is not None:
+        products = [(kernel, [view[p * ss + c * cs:p * ss + (c + 1) * cs] for c in range(k)],
+                     [x[p * cs:(p + 1) * cs] for x in coding]) for p in range(n)]
+        copy_parallel(pairs, products=products, min_parallel=KERNEL_HELPER_MIN)
+        return failed
     codec = s.codec
 
     def encode() -> None:
@@ -176,29 +188,45 @@ async def read_degraded(s: "ResiliencySet", offset: int, view: memoryview) -> bo
     if failed:
         return False
     pairs = [(dst, got[i][j]) for dst, (i, j) in copies]
-
-    def decode_all() -> None:
-        for c, n, inputs, out in decodes:
-            s.codec_for(n).decode({i: got[m][j] for i, (m, j) in inputs.items()}, [c],
-                                  {c: out})
-
     decoded = sum(d[1] for d in decodes)
-    if decoded * s.k <= ENCODE_INLINE_MAX:
-        copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN)
+    kernels = [s.codec.kernel(sorted(inputs), [c]) for c, _, inputs, _ in decodes]
+    if all(kernel is not None for kernel in kernels):
+        products = [(kernel, [got[m][j] for _, (m, j) in sorted(inputs.items())], [out])
+                    for kernel, (_, _, inputs, out) in zip(kernels, decodes, strict=True)]
+        await run_products(decoded * s.k, pairs, products)
     else:
-        copy_parallel(pairs, min_parallel=HELPER_MIN)
-        await s.compute(decoded * s.k, decode_all)
+        def decode_all() -> None:
+            for c, n, inputs, out in decodes:
+                s.codec_for(n).decode({i: got[m][j] for i, (m, j) in inputs.items()}, [c],
+                                      {c: out})
+
+        if decoded * s.k <= ENCODE_INLINE_MAX:
+            copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN)
+        else:
+            copy_parallel(pairs, min_parallel=HELPER_MIN)
+            await s.compute(decoded * s.k, decode_all)
     await check_live(s, clients, got, failed)
     return not failed
+
+
+async def run_products(nbytes: int, pairs: list, products: list) -> None:
+    """``copy_parallel`` of copies and kernel products that read ``nbytes`` in all: on
+    this thread up to ENCODE_INLINE_MAX, else in a worker thread (the loop stays free;
+    the helper thread joins either way). Cancelled meanwhile: the work still completes."""
+    if nbytes <= ENCODE_INLINE_MAX:
+        copy_parallel(pairs, products=products, min_parallel=KERNEL_HELPER_MIN)
+    else:
+        await trio.to_thread.run_sync(lambda: copy_parallel(
+            pairs, products=products, min_parallel=KERNEL_HELPER_MIN))
 
 
 async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
                   n: int) -> bool | None:
     """Rebuild member ``index``'s bytes [base, base + n) from members ``chosen`` over shm:
-    a mirror copies region to region; a coded set decodes
-    from the sources' regions into the target's, half in a worker thread and half on this
-    thread meanwhile (two vCPUs; this blocks the loop about as long as a mirror's copy). The
-    caller holds the stripes' locks. Returns True when done, False if a member failed
+    a mirror copies region to region; a coded set decodes from the sources' regions into
+    the target's (with a kernel: on this thread and the helper, blocking the loop about
+    as long as a mirror's copy; without: in a worker thread if large). The caller holds
+    the stripes' locks. Returns True when done, False if a member failed
     (marked failed), None if the path does not apply."""
     clients = shm_clients(s, [*chosen, index])
     if clients is None or n < DIRECT_MIN:
@@ -214,19 +242,12 @@ async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
     if s.mirror:
         copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN)
     else:
-        cs = s.chunk_size
-        half = max(cs, n // 2 // cs * cs)  # both halves whole chunks of every stripe
-
-        def decode(lo: int, hi: int) -> None:
-            s.codec_for(hi - lo).decode({i: got[i][0][lo:hi] for i in chosen}, [index],
-                                        {index: out[lo:hi]})
-
-        if half >= n:
-            await s.compute(n * s.k, decode, 0, n)
-        else:  # the first half in a worker thread, the rest here meanwhile
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.to_thread.run_sync, decode, 0, half)
-                await trio.sleep(0)  # let the thread start
-                decode(half, n)
+        kernel = s.codec.kernel(chosen, [index])
+        if kernel is not None:  # on this thread and the helper: blocks the loop ~n/8 GB/s
+            copy_parallel([], products=[(kernel, [got[i][0] for i in chosen], [out])],
+                          min_parallel=KERNEL_HELPER_MIN)
+        else:
+            await s.compute(n * s.k, s.codec_for(n).decode,
+                            {i: got[i][0] for i in chosen}, [index], {index: out})
     await check_live(s, clients, chosen, failed)
     return not failed
