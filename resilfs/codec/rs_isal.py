@@ -46,6 +46,7 @@ class IsalCodec(MdsCodec):
         self.coding_matrix = tuple(tuple(coding[j * k:(j + 1) * k]) for j in range(m))
         self._encoder = _isal.Tables(k, m, coding)
         self._decoder = functools.lru_cache(maxsize=DECODE_CACHE)(self._decode_tables)
+        self._kernels = functools.lru_cache(maxsize=DECODE_CACHE)(self._make_kernel)
 
     def _encode_fast(self, data, out):
         self._encoder.encode(data, out, self.chunk_size)
@@ -64,8 +65,10 @@ class IsalCodec(MdsCodec):
         self._encoder.update(index, new, coding)
 
     def kernel(self, sources, outputs):
-        """The encoder's tables for data -> coding, else decode tables (cached)."""
-        sources, outputs = tuple(sources), tuple(outputs)
+        """The encoder's tables for data -> coding, else decode tables (both cached)."""
+        return self._kernels(tuple(sources), tuple(outputs))
+
+    def _make_kernel(self, sources: tuple[int, ...], outputs: tuple[int, ...]):
         k = self.data_chunks
         for i in sources + outputs:
             self._check_chunk(i)

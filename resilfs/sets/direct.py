@@ -23,7 +23,7 @@ import trio
 
 from ..codec.kernels import copy_parallel
 from ..transport.base import RegionHandle, TransportError
-from ..transport.shm import ShmClient
+from ..transport.shm import ShmClient, checkpoint
 from .membership import FAILED, OK
 
 if TYPE_CHECKING:
@@ -57,12 +57,18 @@ async def views(s: "ResiliencySet", clients: dict[int, ShmClient],
                 wanted: "dict[int, list[tuple[RegionHandle, int, int]]]", writable: bool,
                 failed: set[int]) -> dict[int, list[memoryview]]:
     """Views of each member's (handle, offset, length) ranges; members whose views cannot
-    be had are added to ``failed`` (and marked failed) instead."""
+    be had are added to ``failed`` (and marked failed) instead. A checkpoint (see
+    shm.checkpoint); regions not mapped yet are mapped first."""
+    await checkpoint()
     out: dict[int, list[memoryview]] = {}
     for index, ranges in wanted.items():
         client = clients[index]
         try:
-            out[index] = [await client.view(h, o, n, writable) for h, o, n in ranges]
+            got = []
+            for h, o, n in ranges:
+                v = client.mapped_view(h, o, n, writable)
+                got.append(v if v is not None else await client.view(h, o, n, writable))
+            out[index] = got
         except TransportError as e:
             failed.add(index)
             await s._fail(index, e, client)
@@ -99,16 +105,37 @@ async def transfer(s: "ResiliencySet", plan: "dict[int, Ranges]", write: bool,
     return failed
 
 
+def healthy_clients(s: "ResiliencySet", length: int) -> dict[int, ShmClient] | None:
+    """Every member's shm client if a write of ``length`` bytes takes a whole-set direct
+    path: DIRECT_MIN bytes or more, every member current and connected by shm; else None."""
+    if length < DIRECT_MIN or not all(m.state == OK and not m.dirty for m in s.members):
+        return None
+    return shm_clients(s, range(s.width))
+
+
+async def write_mirror(s: "ResiliencySet", offset: int, view: memoryview,
+                       clients: dict[int, ShmClient]) -> set[int] | None:
+    """Write ``view`` at ``offset`` of every member of a mirror set whose members are all
+    current (``healthy_clients``). Returns the failed members (none: copies into mapped
+    memory do not fail), or None if a member's view could not be had (it is marked failed,
+    nothing was written: plan again)."""
+    failed: set[int] = set()
+    got = await views(s, clients, {i: [(s.members[i].handle, offset, view.nbytes)]
+                                   for i in range(s.width)}, True, failed)
+    if failed:
+        return None
+    copy_parallel([(got[i][0], view) for i in range(s.width)], min_parallel=HELPER_MIN)
+    return failed
+
+
 def full_stripes_apply(s: "ResiliencySet", offset: int, length: int,
                        stripes: range) -> dict[int, ShmClient] | None:
     """The members' shm clients if ``write_full_stripes`` applies to this write, else None:
     whole stripes, DIRECT_MIN..ENCODE_INLINE_MAX bytes, every member current and on shm."""
     if offset % s.stripe_size or length != len(stripes) * s.stripe_size \
-            or not DIRECT_MIN <= length <= ENCODE_INLINE_MAX:
+            or length > ENCODE_INLINE_MAX:
         return None
-    if not all(m.state == OK and not m.dirty for m in s.members):
-        return None
-    return shm_clients(s, range(s.width))
+    return healthy_clients(s, length)
 
 
 async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
