@@ -42,10 +42,42 @@ cdef extern from "copy_lane.h" nogil:
     void resilfs_lane_post(const resilfs_job_t *jobs, size_t n)
     void resilfs_lane_finish()
     void resilfs_copy_all(const resilfs_job_t *jobs, size_t n)
+    void resilfs_lane_statistics(size_t *posted, size_t *helped, size_t *late)
+    long resilfs_now_ns()
 
 
 PARALLEL_MIN = 256 * 1024  # below this many bytes a helper thread costs more than it saves
 PIECE = 128 * 1024  # bytes of a copy, or of each output of a product, claimed at a time
+EXPLORE_EVERY = 8  # an adaptive call in this many tries the mode that looked slower
+BIG = 2 * 1024 * 1024  # calls of at least this many bytes are timed apart from smaller ones
+
+# Adaptive choice between the helper and this thread alone. Whether a second lane pays
+# depends on the other vCPU: idle, it nearly halves a decode; busy with another process,
+# the helper is descheduled mid-piece or competes with this thread, and the call runs
+# slower than alone. So each kind of call (copies only or with products; smaller or
+# larger than BIG) keeps a moving average of nanoseconds per byte for both modes, runs
+# the faster one, and every EXPLORE_EVERY calls the other, to notice when load changes.
+cdef double _ns_per_byte[4][2]  # [kind][0: alone, 1: with the helper]; 0 = not measured
+cdef unsigned long _calls[4]
+
+
+cdef int _choose(int kind) noexcept:
+    """1 to offer the work to the helper, 0 to run it alone."""
+    cdef double alone = _ns_per_byte[kind][0], helped = _ns_per_byte[kind][1]
+    cdef int better
+    _calls[kind] += 1
+    if helped == 0:
+        return 1
+    if alone == 0:
+        return 0
+    better = 1 if helped <= alone else 0
+    return 1 - better if _calls[kind] % EXPLORE_EVERY == 0 else better
+
+
+cdef void _learn(int kind, int mode, long ns, Py_ssize_t nbytes) noexcept:
+    cdef double rate = <double> ns / <double> nbytes
+    cdef double old = _ns_per_byte[kind][mode]
+    _ns_per_byte[kind][mode] = rate if old == 0 else 0.75 * old + 0.25 * rate
 
 
 def copy_into(dst, src):
@@ -190,7 +222,7 @@ cdef class _Work:
 
 
 def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece=-1,
-                  products=()):
+                  products=(), bint adaptive=True):
     """Copy every ``(dst, src)`` pair and compute every product, sharing the work with the
     helper thread.
 
@@ -202,11 +234,13 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
     The work is cut into pieces of ``piece`` bytes (default PIECE; for a product, bytes of
     each output) that the helper and this thread claim in turn; this thread first calls
     ``then()`` (if given: work that releases the GIL, such as an encode), then joins in.
-    Below ``min_parallel`` bytes in total (default PARALLEL_MIN), or when another thread
-    holds the helper, everything runs here.
+    Below ``min_parallel`` bytes in total (default PARALLEL_MIN), when another thread holds
+    the helper, or when ``adaptive`` and calls of this kind have recently run faster
+    alone (see EXPLORE_EVERY), everything runs here.
     """
     cdef Py_ssize_t i, nbufs = 2 * len(pairs)
-    cdef int lane = 0
+    cdef int lane = 0, kind = -1
+    cdef long started = 0
     if min_parallel < 0:
         min_parallel = PARALLEL_MIN
     if piece <= 0:
@@ -227,7 +261,11 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
     for tables, sources, outputs in others:
         tables.encode(sources, outputs)
     if work.total >= min_parallel and work.njobs > 1:
-        lane = resilfs_lane_try_acquire()
+        if adaptive:
+            kind = (2 if laned else 0) + (1 if work.total >= BIG else 0)
+            started = resilfs_now_ns()
+        if kind < 0 or _choose(kind):
+            lane = resilfs_lane_try_acquire()
     if lane:
         resilfs_lane_post(work.jobs, <size_t> work.njobs)
         try:
@@ -242,3 +280,17 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
             then()
         with nogil:
             resilfs_copy_all(work.jobs, <size_t> work.njobs)
+    if kind >= 0:
+        _learn(kind, lane, resilfs_now_ns() - started, work.total)
+
+
+def lane_statistics():
+    """Counters since the process started: ``posted`` pieces offered to the helper,
+    ``helped`` pieces it ran, ``late`` times it kept the caller waiting (then it is off
+    for a while, see copy_lane.h); ``ns_per_byte``: the adaptive averages, per kind of
+    call (copies, large copies, with products, large with products) as (alone, helped),
+    0 where not measured."""
+    cdef size_t posted, helped, late
+    resilfs_lane_statistics(&posted, &helped, &late)
+    return {"posted": posted, "helped": helped, "late": late,
+            "ns_per_byte": [(_ns_per_byte[k][0], _ns_per_byte[k][1]) for k in range(4)]}

@@ -27,6 +27,12 @@
 #include "lane_kernel.h"
 
 #define RESILFS_LANE_SPIN_NS 200000L
+/* The caller waits for the helper's last pieces spinning this long, then sleeping. */
+#define RESILFS_LANE_WAIT_SPIN_NS 20000L
+/* A helper that keeps the caller waiting this long was descheduled (the other vCPU is
+ * busy): the caller then runs everything itself for RESILFS_LANE_BACKOFF_NS. */
+#define RESILFS_LANE_LATE_NS 60000L
+#define RESILFS_LANE_BACKOFF_NS 50000000L
 
 /* outputs[r] = sum over i of coef[r][i] * sources[i], by ``kernel`` */
 typedef struct {
@@ -52,6 +58,9 @@ static atomic_size_t resilfs_lane_next;  /* next job to claim */
 /* 0 idle, 1 posted, 2 helper working, 3 helper finished */
 static atomic_int resilfs_lane_state;
 static pid_t resilfs_lane_pid;         /* process that started the helper (0: none) */
+static long resilfs_lane_backoff_until; /* no helper before this time (owner only) */
+/* statistics: jobs posted, jobs the helper ran, times it was late */
+static atomic_size_t resilfs_lane_posted, resilfs_lane_helped, resilfs_lane_late;
 
 static inline void resilfs_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -86,14 +95,15 @@ static void resilfs_copy_all(const resilfs_job_t *jobs, size_t n) {
 }
 
 /* Claim and copy jobs of the posted list until none is left (both threads do this). */
-static void resilfs_lane_drain(void) {
+static size_t resilfs_lane_drain(void) {
     const resilfs_job_t *jobs = resilfs_lane_jobs;
-    size_t n = resilfs_lane_njobs;
+    size_t n = resilfs_lane_njobs, done = 0;
     for (;;) {
         size_t i = atomic_fetch_add_explicit(&resilfs_lane_next, 1, memory_order_relaxed);
         if (i >= n)
-            return;
+            return done;
         resilfs_run_job(&jobs[i]);
+        done++;
     }
 }
 
@@ -115,16 +125,22 @@ static void *resilfs_lane_main(void *unused) {
                 pthread_mutex_unlock(&resilfs_lane_mu);
             }
         }
-        resilfs_lane_drain();
+        atomic_fetch_add_explicit(&resilfs_lane_helped, resilfs_lane_drain(),
+                                  memory_order_relaxed);
         atomic_store_explicit(&resilfs_lane_state, 3, memory_order_release);
     }
     return NULL;
 }
 
-/* 1: the caller owns the lane until resilfs_lane_release(); 0: busy or no helper thread. */
+/* 1: the caller owns the lane until resilfs_lane_release(); 0: busy, backing off after a
+ * late helper, or no helper thread. */
 static int resilfs_lane_try_acquire(void) {
     if (pthread_mutex_trylock(&resilfs_lane_owner) != 0)
         return 0;
+    if (resilfs_lane_backoff_until && resilfs_now_ns() < resilfs_lane_backoff_until) {
+        pthread_mutex_unlock(&resilfs_lane_owner);
+        return 0;
+    }
     pid_t pid = getpid();
     if (resilfs_lane_pid != pid) {  /* first use, or a forked child: start a helper */
         pthread_t thread;
@@ -153,6 +169,7 @@ static void resilfs_lane_release(void) {
 static void resilfs_lane_post(const resilfs_job_t *jobs, size_t n) {
     resilfs_lane_jobs = jobs;
     resilfs_lane_njobs = n;
+    atomic_fetch_add_explicit(&resilfs_lane_posted, n, memory_order_relaxed);
     atomic_store_explicit(&resilfs_lane_next, 0, memory_order_relaxed);
     pthread_mutex_lock(&resilfs_lane_mu);
     atomic_store_explicit(&resilfs_lane_state, 1, memory_order_release);
@@ -162,20 +179,39 @@ static void resilfs_lane_post(const resilfs_job_t *jobs, size_t n) {
 
 /* Run the jobs the helper has not claimed, then wait until it is out of the job list.
  * A helper that has not started by then (descheduled, asleep) is called off: nothing
- * waits for it. */
+ * waits for it. Waiting spins briefly, then sleeps (so that a helper descheduled on the
+ * other vCPU may run on this one); a long wait turns the helper off for a while. */
 static void resilfs_lane_finish(void) {
     resilfs_lane_drain();
     int posted = 1;
     if (atomic_compare_exchange_strong_explicit(&resilfs_lane_state, &posted, 0,
                                                 memory_order_acq_rel, memory_order_acquire))
         return;
+    long start = resilfs_now_ns(), waited = 0;
     unsigned spins = 0;
     while (atomic_load_explicit(&resilfs_lane_state, memory_order_acquire) != 3) {
-        resilfs_cpu_relax();
-        if ((++spins & 1023) == 0)
-            sched_yield();
+        if (waited < RESILFS_LANE_WAIT_SPIN_NS) {
+            resilfs_cpu_relax();
+            if ((++spins & 255) == 0)
+                waited = resilfs_now_ns() - start;
+        } else {
+            struct timespec nap = {0, 20000};
+            nanosleep(&nap, NULL);
+            waited = resilfs_now_ns() - start;
+        }
     }
     atomic_store_explicit(&resilfs_lane_state, 0, memory_order_relaxed);
+    if (waited >= RESILFS_LANE_LATE_NS) {
+        resilfs_lane_backoff_until = resilfs_now_ns() + RESILFS_LANE_BACKOFF_NS;
+        atomic_fetch_add_explicit(&resilfs_lane_late, 1, memory_order_relaxed);
+    }
+}
+
+/* Copies of the statistics counters (see resilfs._copy.lane_statistics). */
+static void resilfs_lane_statistics(size_t *posted, size_t *helped, size_t *late) {
+    *posted = atomic_load(&resilfs_lane_posted);
+    *helped = atomic_load(&resilfs_lane_helped);
+    *late = atomic_load(&resilfs_lane_late);
 }
 
 #endif

@@ -45,7 +45,7 @@ def _copy_into(dst, src) -> None:
 
 
 def _copy_parallel(pairs, then=None, min_parallel: int = -1, piece: int = -1,
-                   products=()) -> None:
+                   products=(), adaptive: bool = True) -> None:
     for tables, sources, outputs in products:
         tables.encode(sources, outputs)
     if then is not None:
@@ -54,8 +54,15 @@ def _copy_parallel(pairs, then=None, min_parallel: int = -1, piece: int = -1,
         _copy_into(dst, src)
 
 
+def _lane_statistics() -> dict[str, int]:
+    return {"posted": 0, "helped": 0, "late": 0, "ns_per_byte": [(0.0, 0.0)] * 4}
+
+
 # copy_into(dst, src): memcpy with the GIL released. copy_parallel(pairs, then=None,
 # products=()): copy every (dst, src) pair and compute every (tables, sources, outputs)
 # product, sharing pieces with a helper thread, after calling then().
 copy_into = _copy.copy_into if HAVE_COPY_EXT else _copy_into
 copy_parallel = _copy.copy_parallel if HAVE_COPY_EXT else _copy_parallel
+# lane_statistics(): pieces offered to copy_parallel's helper thread, run by it, and how
+# often it was late (then the caller works alone for a while)
+lane_statistics = _copy.lane_statistics if HAVE_COPY_EXT else _lane_statistics

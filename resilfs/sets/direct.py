@@ -33,13 +33,10 @@ DIRECT_MIN = 256 << 10  # bytes a step must move to take the direct path
 # largest full-stripe write or degraded read whose encode/decode runs on the loop thread
 # (beside the copies, which block it as long); larger ones decode in worker threads
 ENCODE_INLINE_MAX = 4 << 20
-# Plain copies of at least this many bytes are shared with copy_parallel's helper thread.
-# Off: measured here it lost (the copies are memory-bandwidth bound, the vCPUs shared; see
-# docs/sets.md "Direct access over shm"). Set to e.g. 256 KiB to try it elsewhere.
-HELPER_MIN = 1 << 62
-# Steps with encodes or decodes (kernels) of at least this many bytes share the helper:
-# the GF(2^8) math is compute as much as memory, and two vCPUs nearly halve it.
-KERNEL_HELPER_MIN = 256 << 10
+# Steps moving at least this many bytes may share their copies, encodes and decodes with
+# copy_parallel's helper thread, which times both ways and keeps whichever runs faster now
+# (the helper pays when the other vCPU is idle, and costs when it is busy).
+HELPER_MIN = 256 << 10
 
 
 def shm_clients(s: "ResiliencySet", indices) -> dict[int, ShmClient] | None:
@@ -165,7 +162,7 @@ async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
     if kernel is not None:
         products = [(kernel, [view[p * ss + c * cs:p * ss + (c + 1) * cs] for c in range(k)],
                      [x[p * cs:(p + 1) * cs] for x in coding]) for p in range(n)]
-        copy_parallel(pairs, products=products, min_parallel=KERNEL_HELPER_MIN)
+        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN)
         return failed
     codec = s.codec
 
@@ -241,10 +238,10 @@ async def run_products(nbytes: int, pairs: list, products: list) -> None:
     this thread up to ENCODE_INLINE_MAX, else in a worker thread (the loop stays free;
     the helper thread joins either way). Cancelled meanwhile: the work still completes."""
     if nbytes <= ENCODE_INLINE_MAX:
-        copy_parallel(pairs, products=products, min_parallel=KERNEL_HELPER_MIN)
+        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN)
     else:
         await trio.to_thread.run_sync(lambda: copy_parallel(
-            pairs, products=products, min_parallel=KERNEL_HELPER_MIN))
+            pairs, products=products, min_parallel=HELPER_MIN))
 
 
 async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
@@ -272,7 +269,7 @@ async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
         kernel = s.codec.kernel(chosen, [index])
         if kernel is not None:  # on this thread and the helper: blocks the loop ~n/8 GB/s
             copy_parallel([], products=[(kernel, [got[i][0] for i in chosen], [out])],
-                          min_parallel=KERNEL_HELPER_MIN)
+                          min_parallel=HELPER_MIN)
         else:
             await s.compute(n * s.k, s.codec_for(n).decode,
                             {i: got[i][0] for i in chosen}, [index], {index: out})
