@@ -6,7 +6,8 @@ not go through intermediate buffers: member writes and reads are GIL-free copies
 members' regions, degraded reads decode from the survivors' regions into the caller's
 buffer, and rebuild copies or decodes from the survivors' regions into the target's.
 Encodes and decodes whose codec has a kernel (``Codec.kernel``: ISA-L) run as products of
-``copy_parallel``, shared piece by piece with its helper thread: two vCPUs at once.
+``copy_parallel``, beside the copies, and every step may share its pieces with the helper
+thread (two vCPUs at once, when that is faster: see ``HELPER_MIN``).
 
 Used only when every member a step touches is connected over shm and the step moves at
 least ``DIRECT_MIN`` bytes; otherwise the ordinary transfer path runs. Failures as on the
@@ -14,8 +15,9 @@ ordinary path: a member whose view cannot be had (freed region, dead appliance) 
 failed by the set, and bytes read through views count only if ``check_live`` passes
 after the copy or decode (a region freed meanwhile → that member is marked failed).
 Cancellation: only the view lookups await; the copies and products themselves are not
-interruptible (they run on the loop thread, as the ordinary inline shm copies do, and
-take about as long).
+interruptible. Steps up to ``ENCODE_INLINE_MAX`` run on the loop thread, as the ordinary
+inline shm copies do; larger ones (a rebuild run) in a worker thread, which a cancelled
+caller still waits for, so no view is written after the step returns.
 """
 from typing import TYPE_CHECKING
 
@@ -30,8 +32,9 @@ if TYPE_CHECKING:
     from .resiliency import Ranges, ResiliencySet
 
 DIRECT_MIN = 256 << 10  # bytes a step must move to take the direct path
-# largest full-stripe write or degraded read whose encode/decode runs on the loop thread
-# (beside the copies, which block it as long); larger ones decode in worker threads
+# largest step, in bytes its encodes or decodes read, that runs on the loop thread (as
+# long as its copies block it anyway); larger degraded reads and rebuild runs go to a
+# worker thread, so that the loop stays free for foreground work
 ENCODE_INLINE_MAX = 4 << 20
 # Steps moving at least this many bytes may share their copies, encodes and decodes with
 # copy_parallel's helper thread, which times both ways and keeps whichever runs faster now
@@ -247,11 +250,11 @@ async def run_products(nbytes: int, pairs: list, products: list) -> None:
 async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
                   n: int) -> bool | None:
     """Rebuild member ``index``'s bytes [base, base + n) from members ``chosen`` over shm:
-    a mirror copies region to region; a coded set decodes from the sources' regions into
-    the target's (with a kernel: on this thread and the helper, blocking the loop about
-    as long as a mirror's copy; without: in a worker thread if large). The caller holds
-    the stripes' locks. Returns True when done, False if a member failed
-    (marked failed), None if the path does not apply."""
+    a mirror copies region to region (on this thread, like any shm copy); a coded set
+    decodes from the sources' regions into the target's (``run_products``: a worker
+    thread and the helper for a large run). The caller holds the stripes' locks. Returns
+    True when done, False if a member failed (marked failed), None if the path does not
+    apply."""
     clients = shm_clients(s, [*chosen, index])
     if clients is None or n < DIRECT_MIN:
         return None
@@ -267,9 +270,8 @@ async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
         copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN)
     else:
         kernel = s.codec.kernel(chosen, [index])
-        if kernel is not None:  # on this thread and the helper: blocks the loop ~n/8 GB/s
-            copy_parallel([], products=[(kernel, [got[i][0] for i in chosen], [out])],
-                          min_parallel=HELPER_MIN)
+        if kernel is not None:
+            await run_products(n * s.k, [], [(kernel, [got[i][0] for i in chosen], [out])])
         else:
             await s.compute(n * s.k, s.codec_for(n).decode,
                             {i: got[i][0] for i in chosen}, [index], {index: out})
