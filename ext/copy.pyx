@@ -48,36 +48,52 @@ cdef extern from "copy_lane.h" nogil:
 
 PARALLEL_MIN = 256 * 1024  # below this many bytes a helper thread costs more than it saves
 PIECE = 128 * 1024  # bytes of a copy, or of each output of a product, claimed at a time
-EXPLORE_EVERY = 8  # an adaptive call in this many tries the mode that looked slower
+EXPLORE_MIN = 8  # an adaptive call in this many at least tries the way that looked slower
+EXPLORE_MAX = 256  # ... and at most in this many, while that way keeps losing
 BIG = 2 * 1024 * 1024  # calls of at least this many bytes are timed apart from smaller ones
 
 # Adaptive choice between the helper and this thread alone. Whether a second lane pays
 # depends on the other vCPU: idle, it nearly halves a decode; busy with another process,
 # the helper is descheduled mid-piece or competes with this thread, and the call runs
-# slower than alone. So each kind of call (copies only or with products; smaller or
-# larger than BIG) keeps a moving average of nanoseconds per byte for both modes, runs
-# the faster one, and every EXPLORE_EVERY calls the other, to notice when load changes.
-cdef double _ns_per_byte[4][2]  # [kind][0: alone, 1: with the helper]; 0 = not measured
-cdef unsigned long _calls[4]
+# slower than alone. So each kind of call (copies only, copies and products, or products
+# only; smaller or larger than BIG) keeps a moving average of nanoseconds per byte for both ways and runs
+# the faster one; now and then it tries the other, to notice when the load changes: every
+# EXPLORE_MIN calls at first, half as often each time the other way loses again.
+cdef enum:
+    KINDS = 6  # copies, copies and products, products only; each small, then BIG
+cdef double _ns_per_byte[KINDS][2]  # [kind][0: alone, 1: with the helper]; 0: not measured
+cdef unsigned long _calls[KINDS]
+cdef unsigned long _explore_every[KINDS]
+
+
+cdef int _better(int kind) noexcept:
+    return 1 if _ns_per_byte[kind][1] <= _ns_per_byte[kind][0] else 0
 
 
 cdef int _choose(int kind) noexcept:
     """1 to offer the work to the helper, 0 to run it alone."""
-    cdef double alone = _ns_per_byte[kind][0], helped = _ns_per_byte[kind][1]
-    cdef int better
-    _calls[kind] += 1
-    if helped == 0:
+    if _ns_per_byte[kind][1] == 0:
         return 1
-    if alone == 0:
+    if _ns_per_byte[kind][0] == 0:
         return 0
-    better = 1 if helped <= alone else 0
-    return 1 - better if _calls[kind] % EXPLORE_EVERY == 0 else better
+    if _explore_every[kind] == 0:
+        _explore_every[kind] = EXPLORE_MIN
+    _calls[kind] += 1
+    if _calls[kind] % _explore_every[kind] == 0:
+        return 1 - _better(kind)
+    return _better(kind)
 
 
 cdef void _learn(int kind, int mode, long ns, Py_ssize_t nbytes) noexcept:
     cdef double rate = <double> ns / <double> nbytes
     cdef double old = _ns_per_byte[kind][mode]
+    cdef bint explored = _ns_per_byte[kind][1 - mode] != 0 and mode != _better(kind)
     _ns_per_byte[kind][mode] = rate if old == 0 else 0.75 * old + 0.25 * rate
+    if explored:  # the other way was tried: did it win this time?
+        if mode == _better(kind):
+            _explore_every[kind] = EXPLORE_MIN
+        elif _explore_every[kind] < EXPLORE_MAX:
+            _explore_every[kind] *= 2
 
 
 def copy_into(dst, src):
@@ -236,7 +252,7 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
     ``then()`` (if given: work that releases the GIL, such as an encode), then joins in.
     Below ``min_parallel`` bytes in total (default PARALLEL_MIN), when another thread holds
     the helper, or when ``adaptive`` and calls of this kind have recently run faster
-    alone (see EXPLORE_EVERY), everything runs here.
+    alone (see EXPLORE_MIN), everything runs here.
     """
     cdef Py_ssize_t i, nbufs = 2 * len(pairs)
     cdef int lane = 0, kind = -1
@@ -262,7 +278,7 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
         tables.encode(sources, outputs)
     if work.total >= min_parallel and work.njobs > 1:
         if adaptive:
-            kind = (2 if laned else 0) + (1 if work.total >= BIG else 0)
+            kind = (0 if not laned else 2 if pairs else 4) + (work.total >= BIG)
             started = resilfs_now_ns()
         if kind < 0 or _choose(kind):
             lane = resilfs_lane_try_acquire()
@@ -288,9 +304,9 @@ def lane_statistics():
     """Counters since the process started: ``posted`` pieces offered to the helper,
     ``helped`` pieces it ran, ``late`` times it kept the caller waiting (then it is off
     for a while, see copy_lane.h); ``ns_per_byte``: the adaptive averages, per kind of
-    call (copies, large copies, with products, large with products) as (alone, helped),
-    0 where not measured."""
+    call (copies, copies and products, products only; each smaller, then larger than
+    BIG) as (alone, helped), 0 where not measured."""
     cdef size_t posted, helped, late
     resilfs_lane_statistics(&posted, &helped, &late)
     return {"posted": posted, "helped": helped, "late": late,
-            "ns_per_byte": [(_ns_per_byte[k][0], _ns_per_byte[k][1]) for k in range(4)]}
+            "ns_per_byte": [(_ns_per_byte[k][0], _ns_per_byte[k][1]) for k in range(KINDS)]}

@@ -14,14 +14,13 @@ least ``DIRECT_MIN`` bytes; otherwise the ordinary transfer path runs. Failures 
 ordinary path: a member whose view cannot be had (freed region, dead appliance) is marked
 failed by the set, and bytes read through views count only if ``check_live`` passes
 after the copy or decode (a region freed meanwhile → that member is marked failed).
-Cancellation: only the view lookups await; the copies and products themselves are not
-interruptible. Steps up to ``ENCODE_INLINE_MAX`` run on the loop thread, as the ordinary
-inline shm copies do; larger ones (a rebuild run) in a worker thread, which a cancelled
-caller still waits for, so no view is written after the step returns.
+Everything runs on the loop thread (and the helper), as the ordinary inline shm copies
+do: a decode reading more than ``STEP_MAX`` bytes is cut into steps with checkpoints
+between, so other tasks still run about once a millisecond. Cancellation: only the view
+lookups and those checkpoints await; a step itself is not interruptible, and the helper
+is done with it when ``copy_parallel`` returns, so no view is written after a step.
 """
 from typing import TYPE_CHECKING
-
-import trio
 
 from ..codec.kernels import copy_parallel
 from ..transport.base import RegionHandle, TransportError
@@ -32,10 +31,12 @@ if TYPE_CHECKING:
     from .resiliency import Ranges, ResiliencySet
 
 DIRECT_MIN = 256 << 10  # bytes a step must move to take the direct path
-# largest step, in bytes its encodes or decodes read, that runs on the loop thread (as
-# long as its copies block it anyway); larger degraded reads and rebuild runs go to a
-# worker thread, so that the loop stays free for foreground work
+# largest full-stripe write (set bytes) that takes the direct path
 ENCODE_INLINE_MAX = 4 << 20
+# most bytes one uninterrupted piece of a degraded read's or a rebuild run's decode reads
+# (~1 ms here); a larger one runs in steps with checkpoints between (run_products)
+STEP_MAX = 4 << 20
+PIECE_ALIGN = 64 << 10  # steps cut products at multiples of this
 # Steps moving at least this many bytes may share their copies, encodes and decodes with
 # copy_parallel's helper thread, which times both ways and keeps whichever runs faster now
 # (the helper pays when the other vCPU is idle, and costs when it is busy).
@@ -227,7 +228,7 @@ async def read_degraded(s: "ResiliencySet", offset: int, view: memoryview) -> bo
                 s.codec_for(n).decode({i: got[m][j] for i, (m, j) in inputs.items()}, [c],
                                       {c: out})
 
-        if decoded * s.k <= ENCODE_INLINE_MAX:
+        if decoded * s.k <= STEP_MAX:
             copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN)
         else:
             copy_parallel(pairs, min_parallel=HELPER_MIN)
@@ -237,22 +238,33 @@ async def read_degraded(s: "ResiliencySet", offset: int, view: memoryview) -> bo
 
 
 async def run_products(nbytes: int, pairs: list, products: list) -> None:
-    """``copy_parallel`` of copies and kernel products that read ``nbytes`` in all: on
-    this thread up to ENCODE_INLINE_MAX, else in a worker thread (the loop stays free;
-    the helper thread joins either way). Cancelled meanwhile: the work still completes."""
-    if nbytes <= ENCODE_INLINE_MAX:
+    """``copy_parallel`` of copies and kernel products that read ``nbytes`` in all, on
+    this thread, in steps that read at most STEP_MAX bytes each, with a checkpoint between
+    steps (``shm.checkpoint``: other tasks run at least once a millisecond). A worker
+    thread would keep the loop free too, but its hop costs more than a step (and much
+    more when the vCPUs are busy). Cancelled between steps: raises Cancelled with some
+    outputs written and others not (callers redo the whole step)."""
+    if nbytes <= STEP_MAX:
         copy_parallel(pairs, products=products, min_parallel=HELPER_MIN)
-    else:
-        await trio.to_thread.run_sync(lambda: copy_parallel(
-            pairs, products=products, min_parallel=HELPER_MIN))
+        return
+    copy_parallel(pairs, min_parallel=HELPER_MIN)
+    for tables, sources, outputs in products:
+        length = memoryview(outputs[0]).nbytes
+        step = max(STEP_MAX // len(sources) // PIECE_ALIGN * PIECE_ALIGN, PIECE_ALIGN)
+        for lo in range(0, length, step):
+            await checkpoint()
+            part = slice(lo, lo + step)
+            copy_parallel([], products=[(tables, [memoryview(x)[part] for x in sources],
+                                         [memoryview(x)[part] for x in outputs])],
+                          min_parallel=HELPER_MIN)
 
 
 async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
                   n: int) -> bool | None:
     """Rebuild member ``index``'s bytes [base, base + n) from members ``chosen`` over shm:
     a mirror copies region to region (on this thread, like any shm copy); a coded set
-    decodes from the sources' regions into the target's (``run_products``: a worker
-    thread and the helper for a large run). The caller holds the stripes' locks. Returns
+    decodes from the sources' regions into the target's (``run_products``: in steps, for
+    a large run). The caller holds the stripes' locks. Returns
     True when done, False if a member failed (marked failed), None if the path does not
     apply."""
     clients = shm_clients(s, [*chosen, index])
