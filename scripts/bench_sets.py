@@ -4,7 +4,9 @@ For tcp and shm: raw 1 MiB sequential write/read to one region; then for each sc
 write mode, 1 MiB sequential writes and reads of a set; degraded read (one member's
 appliance killed) against the healthy read; rebuild rate (bytes written to the
 replacement per second) against the raw write. Prints a table and, last, one JSON line
-with every figure and ratio. Usage: bench_sets.py [--size MiB] [--quick]
+with every figure and ratio, the load average before and after (other work on the
+machine moves these figures more than anything) and the copy lane's statistics (how much
+of the work its helper thread did). Usage: bench_sets.py [--size MiB] [--quick]
 """
 import argparse
 import functools
@@ -18,6 +20,7 @@ import trio
 
 from resilfs.appliance.launcher import ApplianceLauncher
 from resilfs.codec import make_codec
+from resilfs.codec.kernels import lane_statistics
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet
 from resilfs.transport import connect
 
@@ -172,11 +175,17 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=64, help="MiB written per figure")
     parser.add_argument("--quick", action="store_true", help="parallel mode only")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-sets-") as workdir, \
             ApplianceLauncher(workdir) as launcher:
         launcher.start(7, capacity="1G")
         results = trio.run(main, launcher, args.size * MiB, args.quick)
     ratios = report(results)
+    load = {"before": load_before, "after": os.getloadavg()}
+    lane = lane_statistics()
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
+    print(f"copy lane: {lane['helped']} of {lane['posted']} pieces offered to the helper "
+          f"thread ran there; it was late {lane['late']} times")
     print(json.dumps({"figures_bytes_per_s": {k: round(v) for k, v in results.items()},
-                      "bars": ratios}))
+                      "bars": ratios, "loadavg": load, "copy_lane": lane}))
     sys.exit(0)
