@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 DIRECT_MIN = 256 << 10  # bytes a step must move to take the direct path
 # largest full-stripe write (set bytes) that takes the direct path
-ENCODE_INLINE_MAX = 4 << 20
+FULL_STRIPES_MAX = 4 << 20
 # most bytes one uninterrupted piece of a degraded read's or a rebuild run's decode reads
 # (~1 ms here); a larger one runs in steps with checkpoints between (run_products)
 STEP_MAX = 4 << 20
@@ -132,9 +132,9 @@ async def write_mirror(s: "ResiliencySet", offset: int, view: memoryview,
 def full_stripes_apply(s: "ResiliencySet", offset: int, length: int,
                        stripes: range) -> dict[int, ShmClient] | None:
     """The members' shm clients if ``write_full_stripes`` applies to this write, else None:
-    whole stripes, DIRECT_MIN..ENCODE_INLINE_MAX bytes, every member current and on shm."""
+    whole stripes, DIRECT_MIN..FULL_STRIPES_MAX bytes, every member current and on shm."""
     if offset % s.stripe_size or length != len(stripes) * s.stripe_size \
-            or length > ENCODE_INLINE_MAX:
+            or length > FULL_STRIPES_MAX:
         return None
     return healthy_clients(s, length)
 
