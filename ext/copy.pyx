@@ -88,6 +88,8 @@ cdef void _learn(int kind, int mode, long ns, Py_ssize_t nbytes) noexcept:
     cdef double rate = <double> ns / <double> nbytes
     cdef double old = _ns_per_byte[kind][mode]
     cdef bint explored = _ns_per_byte[kind][1 - mode] != 0 and mode != _better(kind)
+    if old != 0 and rate > 2 * old:  # one call descheduled midway says little: damp it
+        rate = 2 * old
     _ns_per_byte[kind][mode] = rate if old == 0 else 0.75 * old + 0.25 * rate
     if explored:  # the other way was tried: did it win this time?
         if mode == _better(kind):
