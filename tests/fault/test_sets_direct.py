@@ -114,11 +114,18 @@ async def rebuild(s: ResiliencySet) -> None:
         worker.stop()
 
 
-@pytest.mark.parametrize("scheme", ["mirror:2", "mirror:3", "parity:4+1", "ec:4+2"])
-async def test_direct_paths_store_what_the_copy_path_stores(cluster, apps, used, scheme):
+@pytest.mark.parametrize("scheme,step_max", [("mirror:2", None), ("mirror:3", None),
+                                             ("parity:4+1", None), ("ec:4+2", None),
+                                             ("ec:4+2", 256 * KiB)])
+async def test_direct_paths_store_what_the_copy_path_stores(cluster, apps, used, monkeypatch,
+                                                            scheme, step_max):
+    """``step_max``: decodes cut into many small steps (rebuild runs, large reads)."""
+    if step_max is not None:
+        monkeypatch.setattr(direct, "STEP_MAX", step_max)
     shm_pool, tcp_pool = await make_pool(cluster, "shm", 0), await make_pool(cluster, "tcp", 1)
-    sets = [await ResiliencySet.create(pool, scheme, None, SIZE, "direct", scheme,
-                                       chunk_size=CHUNK) for pool in (shm_pool, tcp_pool)]
+    sets = [await ResiliencySet.create(pool, scheme, None, SIZE, "direct",
+                                       f"{scheme}-{step_max}", chunk_size=CHUNK)
+            for pool in (shm_pool, tcp_pool)]
     shadow = bytearray(SIZE)
     rng = random.Random(scheme)
 
