@@ -71,14 +71,15 @@ cdef int _better(int kind) noexcept:
 
 
 cdef int _choose(int kind) noexcept:
-    """1 to offer the work to the helper, 0 to run it alone."""
-    if _ns_per_byte[kind][1] == 0:
-        return 1
-    if _ns_per_byte[kind][0] == 0:
-        return 0
+    """1 to offer the work to the helper, 0 to run it alone. The helper until measured
+    otherwise (a late one turns itself off anyway, see copy_lane.h)."""
     if _explore_every[kind] == 0:
         _explore_every[kind] = EXPLORE_MIN
     _calls[kind] += 1
+    if _ns_per_byte[kind][1] == 0:
+        return 1
+    if _ns_per_byte[kind][0] == 0:
+        return 0 if _calls[kind] % EXPLORE_MIN == 0 else 1
     if _calls[kind] % _explore_every[kind] == 0:
         return 1 - _better(kind)
     return _better(kind)
