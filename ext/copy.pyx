@@ -48,55 +48,60 @@ cdef extern from "copy_lane.h" nogil:
 
 PARALLEL_MIN = 256 * 1024  # below this many bytes a helper thread costs more than it saves
 PIECE = 128 * 1024  # bytes of a copy, or of each output of a product, claimed at a time
-EXPLORE_MIN = 8  # an adaptive call in this many at least tries the way that looked slower
-EXPLORE_MAX = 256  # ... and at most in this many, while that way keeps losing
 BIG = 2 * 1024 * 1024  # calls of at least this many bytes are timed apart from smaller ones
+cdef enum:
+    EXPLORE_MIN = 8  # an adaptive call in this many at least tries the way that lost
+    EXPLORE_MAX = 256  # ... and at most in this many, while that way keeps losing
+cdef double ALONE_MARGIN = 1.25  # alone must be this much faster than helped to be chosen
 
 # Adaptive choice between the helper and this thread alone. Whether a second lane pays
-# depends on the other vCPU: idle, it nearly halves a decode; busy with another process,
-# the helper is descheduled mid-piece or competes with this thread, and the call runs
-# slower than alone. So each kind of call (copies only, copies and products, or products
-# only; smaller or larger than BIG) keeps a moving average of nanoseconds per byte for both ways and runs
-# the faster one; now and then it tries the other, to notice when the load changes: every
+# depends on the other vCPU and on the work: idle, it nearly halves a decode or a read
+# from memory; busy with another process, the helper is descheduled mid-piece or
+# competes with this thread, and the call runs slower than alone. So each kind of call
+# (the caller's label, and whether it moves BIG bytes or more) keeps a moving average of
+# nanoseconds per byte for both ways and runs the helper unless alone was clearly faster;
+# now and then it tries the other way, to notice when the load changes: every
 # EXPLORE_MIN calls at first, half as often each time the other way loses again.
-cdef enum:
-    KINDS = 6  # copies, copies and products, products only; each small, then BIG
-cdef double _ns_per_byte[KINDS][2]  # [kind][0: alone, 1: with the helper]; 0: not measured
-cdef unsigned long _calls[KINDS]
-cdef unsigned long _explore_every[KINDS]
+cdef class _Choice:
+    """The adaptive state of one kind of call."""
+    cdef double ns_per_byte[2]  # [0: alone, 1: with the helper]; 0: not measured yet
+    cdef unsigned long calls, explore_every
+
+    def __cinit__(self):
+        self.explore_every = EXPLORE_MIN
+
+    cdef int better(self) noexcept:
+        """The helper unless alone has been clearly faster (by ALONE_MARGIN: measurements
+        are noisy, and flipping back and forth makes throughput erratic)."""
+        return 0 if self.ns_per_byte[0] * ALONE_MARGIN < self.ns_per_byte[1] else 1
+
+    cdef int choose(self) noexcept:
+        """1 to offer the work to the helper, 0 to run it alone. The helper until measured
+        otherwise (a late one turns itself off anyway, see copy_lane.h)."""
+        self.calls += 1
+        if self.ns_per_byte[1] == 0:
+            return 1
+        if self.ns_per_byte[0] == 0:
+            return 0 if self.calls % EXPLORE_MIN == 0 else 1
+        if self.calls % self.explore_every == 0:
+            return 1 - self.better()
+        return self.better()
+
+    cdef void learn(self, int mode, long ns, Py_ssize_t nbytes) noexcept:
+        cdef double rate = <double> ns / <double> nbytes
+        cdef double old = self.ns_per_byte[mode]
+        cdef bint explored = self.ns_per_byte[1 - mode] != 0 and mode != self.better()
+        if old != 0 and rate > 2 * old:  # one call descheduled midway says little
+            rate = 2 * old
+        self.ns_per_byte[mode] = rate if old == 0 else 0.75 * old + 0.25 * rate
+        if explored:  # the other way was tried: did it win this time?
+            if mode == self.better():
+                self.explore_every = EXPLORE_MIN
+            elif self.explore_every < EXPLORE_MAX:
+                self.explore_every *= 2
 
 
-cdef int _better(int kind) noexcept:
-    return 1 if _ns_per_byte[kind][1] <= _ns_per_byte[kind][0] else 0
-
-
-cdef int _choose(int kind) noexcept:
-    """1 to offer the work to the helper, 0 to run it alone. The helper until measured
-    otherwise (a late one turns itself off anyway, see copy_lane.h)."""
-    if _explore_every[kind] == 0:
-        _explore_every[kind] = EXPLORE_MIN
-    _calls[kind] += 1
-    if _ns_per_byte[kind][1] == 0:
-        return 1
-    if _ns_per_byte[kind][0] == 0:
-        return 0 if _calls[kind] % EXPLORE_MIN == 0 else 1
-    if _calls[kind] % _explore_every[kind] == 0:
-        return 1 - _better(kind)
-    return _better(kind)
-
-
-cdef void _learn(int kind, int mode, long ns, Py_ssize_t nbytes) noexcept:
-    cdef double rate = <double> ns / <double> nbytes
-    cdef double old = _ns_per_byte[kind][mode]
-    cdef bint explored = _ns_per_byte[kind][1 - mode] != 0 and mode != _better(kind)
-    if old != 0 and rate > 2 * old:  # one call descheduled midway says little: damp it
-        rate = 2 * old
-    _ns_per_byte[kind][mode] = rate if old == 0 else 0.75 * old + 0.25 * rate
-    if explored:  # the other way was tried: did it win this time?
-        if mode == _better(kind):
-            _explore_every[kind] = EXPLORE_MIN
-        elif _explore_every[kind] < EXPLORE_MAX:
-            _explore_every[kind] *= 2
+_choices: dict = {}  # (label, big) -> _Choice
 
 
 def copy_into(dst, src):
@@ -241,7 +246,7 @@ cdef class _Work:
 
 
 def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece=-1,
-                  products=(), bint adaptive=True):
+                  products=(), bint adaptive=True, label=None):
     """Copy every ``(dst, src)`` pair and compute every product, sharing the work with the
     helper thread.
 
@@ -254,11 +259,13 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
     each output) that the helper and this thread claim in turn; this thread first calls
     ``then()`` (if given: work that releases the GIL, such as an encode), then joins in.
     Below ``min_parallel`` bytes in total (default PARALLEL_MIN), when another thread holds
-    the helper, or when ``adaptive`` and calls of this kind have recently run faster
-    alone (see EXPLORE_MIN), everything runs here.
+    the helper, or when ``adaptive`` and calls with this ``label`` (any hashable: the same
+    label for the same kind of work) have recently run faster alone (see _Choice),
+    everything runs here.
     """
     cdef Py_ssize_t i, nbufs = 2 * len(pairs)
-    cdef int lane = 0, kind = -1
+    cdef int lane = 0
+    cdef _Choice choice = None
     cdef long started = 0
     if min_parallel < 0:
         min_parallel = PARALLEL_MIN
@@ -281,9 +288,12 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
         tables.encode(sources, outputs)
     if work.total >= min_parallel and work.njobs > 1:
         if adaptive:
-            kind = (0 if not laned else 2 if pairs else 4) + (work.total >= BIG)
+            key = (label, work.total >= BIG)
+            choice = _choices.get(key)
+            if choice is None:
+                choice = _choices[key] = _Choice()
             started = resilfs_now_ns()
-        if kind < 0 or _choose(kind):
+        if choice is None or choice.choose():
             lane = resilfs_lane_try_acquire()
     if lane:
         resilfs_lane_post(work.jobs, <size_t> work.njobs)
@@ -299,17 +309,19 @@ def copy_parallel(pairs, then=None, Py_ssize_t min_parallel=-1, Py_ssize_t piece
             then()
         with nogil:
             resilfs_copy_all(work.jobs, <size_t> work.njobs)
-    if kind >= 0:
-        _learn(kind, lane, resilfs_now_ns() - started, work.total)
+    if choice is not None:
+        choice.learn(lane, resilfs_now_ns() - started, work.total)
 
 
 def lane_statistics():
     """Counters since the process started: ``posted`` pieces offered to the helper,
     ``helped`` pieces it ran, ``late`` times it kept the caller waiting (then it is off
-    for a while, see copy_lane.h); ``ns_per_byte``: the adaptive averages, per kind of
-    call (copies, copies and products, products only; each smaller, then larger than
-    BIG) as (alone, helped), 0 where not measured."""
+    for a while, see copy_lane.h); ``ns_per_byte``: the adaptive averages per kind of
+    call, ``{(label, big): (alone, helped)}``, 0 where not measured."""
     cdef size_t posted, helped, late
+    cdef _Choice choice
     resilfs_lane_statistics(&posted, &helped, &late)
-    return {"posted": posted, "helped": helped, "late": late,
-            "ns_per_byte": [(_ns_per_byte[k][0], _ns_per_byte[k][1]) for k in range(KINDS)]}
+    averages = {}
+    for key, choice in _choices.items():
+        averages[key] = (choice.ns_per_byte[0], choice.ns_per_byte[1])
+    return {"posted": posted, "helped": helped, "late": late, "ns_per_byte": averages}

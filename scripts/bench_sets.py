@@ -183,6 +183,8 @@ if __name__ == "__main__":
     ratios = report(results)
     load = {"before": load_before, "after": os.getloadavg()}
     lane = lane_statistics()
+    lane["ns_per_byte"] = {f"{label} {'large' if big else 'small'}": [round(x, 3) for x in v]
+                           for (label, big), v in lane["ns_per_byte"].items()}
     print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     print(f"copy lane: {lane['helped']} of {lane['posted']} pieces offered to the helper "
           f"thread ran there; it was late {lane['late']} times")

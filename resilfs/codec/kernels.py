@@ -45,7 +45,7 @@ def _copy_into(dst, src) -> None:
 
 
 def _copy_parallel(pairs, then=None, min_parallel: int = -1, piece: int = -1,
-                   products=(), adaptive: bool = True) -> None:
+                   products=(), adaptive: bool = True, label=None) -> None:
     for tables, sources, outputs in products:
         tables.encode(sources, outputs)
     if then is not None:
@@ -55,7 +55,7 @@ def _copy_parallel(pairs, then=None, min_parallel: int = -1, piece: int = -1,
 
 
 def _lane_statistics() -> dict[str, int]:
-    return {"posted": 0, "helped": 0, "late": 0, "ns_per_byte": [(0.0, 0.0)] * 6}
+    return {"posted": 0, "helped": 0, "late": 0, "ns_per_byte": {}}
 
 
 # copy_into(dst, src): memcpy with the GIL released. copy_parallel(pairs, then=None,

@@ -40,8 +40,9 @@ FULL_STRIPES_MAX = 4 << 20
 STEP_MAX = 16 << 20
 PIECE_ALIGN = 64 << 10  # steps cut products at multiples of this
 # Steps moving at least this many bytes may share their copies, encodes and decodes with
-# copy_parallel's helper thread, which times both ways and keeps whichever runs faster now
-# (the helper pays when the other vCPU is idle, and costs when it is busy).
+# copy_parallel's helper thread, which times both ways per label (the kind of step) and
+# keeps the helper unless alone runs clearly faster now (the helper pays when the other
+# vCPU is idle, and costs when it is busy).
 HELPER_MIN = 256 << 10
 
 
@@ -102,7 +103,7 @@ async def transfer(s: "ResiliencySet", plan: "dict[int, Ranges]", write: bool,
     for index, vs in got.items():
         for (_, _, buf), v in zip(plan[index], vs, strict=True):
             pairs.append((v, buf) if write else (buf, v))
-    copy_parallel(pairs, min_parallel=HELPER_MIN)
+    copy_parallel(pairs, min_parallel=HELPER_MIN, label="write" if write else "read")
     if not write:
         await check_live(s, clients, got, failed)
     return failed
@@ -127,7 +128,8 @@ async def write_mirror(s: "ResiliencySet", offset: int, view: memoryview,
                                    for i in range(s.width)}, True, failed)
     if failed:
         return None
-    copy_parallel([(got[i][0], view) for i in range(s.width)], min_parallel=HELPER_MIN)
+    copy_parallel([(got[i][0], view) for i in range(s.width)], min_parallel=HELPER_MIN,
+                  label="mirror write")
     return failed
 
 
@@ -168,7 +170,8 @@ async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
     if kernel is not None:
         products = [(kernel, [view[p * ss + c * cs:p * ss + (c + 1) * cs] for c in range(k)],
                      [x[p * cs:(p + 1) * cs] for x in coding]) for p in range(n)]
-        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN)
+        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN,
+                      label="full stripes")
         return failed
     codec = s.codec
 
@@ -178,7 +181,7 @@ async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
             codec.encode([view[at + c * cs:at + (c + 1) * cs] for c in range(k)],
                          out=[x[p * cs:(p + 1) * cs] for x in coding])
 
-    copy_parallel(pairs, then=encode, min_parallel=HELPER_MIN)
+    copy_parallel(pairs, then=encode, min_parallel=HELPER_MIN, label="full stripes")
     return failed
 
 
@@ -223,7 +226,7 @@ async def read_degraded(s: "ResiliencySet", offset: int, view: memoryview) -> bo
     if all(kernel is not None for kernel in kernels):
         products = [(kernel, [got[m][j] for _, (m, j) in sorted(inputs.items())], [out])
                     for kernel, (_, _, inputs, out) in zip(kernels, decodes, strict=True)]
-        await run_products(decoded * s.k, pairs, products)
+        await run_products(decoded * s.k, pairs, products, "degraded read")
     else:
         def decode_all() -> None:
             for c, n, inputs, out in decodes:
@@ -231,25 +234,26 @@ async def read_degraded(s: "ResiliencySet", offset: int, view: memoryview) -> bo
                                       {c: out})
 
         if decoded * s.k <= STEP_MAX:
-            copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN)
+            copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN,
+                          label="degraded read")
         else:
-            copy_parallel(pairs, min_parallel=HELPER_MIN)
+            copy_parallel(pairs, min_parallel=HELPER_MIN, label="degraded read")
             await s.compute(decoded * s.k, decode_all)
     await check_live(s, clients, got, failed)
     return not failed
 
 
-async def run_products(nbytes: int, pairs: list, products: list) -> None:
-    """``copy_parallel`` of copies and kernel products that read ``nbytes`` in all, on
-    this thread, in steps that read at most STEP_MAX bytes each, with a checkpoint between
-    steps (``shm.checkpoint``: other tasks run at least once a millisecond). A worker
-    thread would keep the loop free too, but its hop costs more than a step (and much
-    more when the vCPUs are busy). Cancelled between steps: raises Cancelled with some
-    outputs written and others not (callers redo the whole step)."""
+async def run_products(nbytes: int, pairs: list, products: list, label: str) -> None:
+    """``copy_parallel`` of copies and kernel products that read ``nbytes`` in all (the
+    helper's choice learnt under ``label``), on this thread: in one call up to STEP_MAX,
+    else in steps that read at most STEP_MAX bytes each, with a checkpoint between
+    (``shm.checkpoint``). A worker thread would keep the loop free too, but its hop costs
+    more than a step (and much more when the vCPUs are busy). Cancelled between steps:
+    raises Cancelled with some outputs written and others not (callers redo the step)."""
     if nbytes <= STEP_MAX:
-        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN)
+        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN, label=label)
         return
-    copy_parallel(pairs, min_parallel=HELPER_MIN)
+    copy_parallel(pairs, min_parallel=HELPER_MIN, label=label)
     for tables, sources, outputs in products:
         length = memoryview(outputs[0]).nbytes
         step = max(STEP_MAX // len(sources) // PIECE_ALIGN * PIECE_ALIGN, PIECE_ALIGN)
@@ -258,7 +262,7 @@ async def run_products(nbytes: int, pairs: list, products: list) -> None:
             part = slice(lo, lo + step)
             copy_parallel([], products=[(tables, [memoryview(x)[part] for x in sources],
                                          [memoryview(x)[part] for x in outputs])],
-                          min_parallel=HELPER_MIN)
+                          min_parallel=HELPER_MIN, label=label)
 
 
 async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
@@ -281,11 +285,12 @@ async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
         return False
     out = target[index][0]
     if s.mirror:
-        copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN)
+        copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN, label="rebuild")
     else:
         kernel = s.codec.kernel(chosen, [index])
         if kernel is not None:
-            await run_products(n * s.k, [], [(kernel, [got[i][0] for i in chosen], [out])])
+            await run_products(n * s.k, [], [(kernel, [got[i][0] for i in chosen], [out])],
+                               "rebuild")
         else:
             await s.compute(n * s.k, s.codec_for(n).decode,
                             {i: got[i][0] for i in chosen}, [index], {index: out})
