@@ -27,12 +27,17 @@
 #include "lane_kernel.h"
 
 #define RESILFS_LANE_SPIN_NS 200000L
-/* The caller waits for the helper's last pieces spinning this long, then sleeping. */
+/* The caller waits for the helper's last piece spinning this long more than one of its
+ * own pieces took, then sleeping. */
 #define RESILFS_LANE_WAIT_SPIN_NS 20000L
-/* A helper that keeps the caller waiting this long was descheduled (the other vCPU is
- * busy): the caller then runs everything itself for RESILFS_LANE_BACKOFF_NS. */
-#define RESILFS_LANE_LATE_NS 60000L
-#define RESILFS_LANE_BACKOFF_NS 50000000L
+/* A helper that keeps the caller waiting longer than RESILFS_LANE_LATE_PIECES of the
+ * caller's own pieces took, plus RESILFS_LANE_LATE_NS, was descheduled (the other vCPU is
+ * busy): the caller then runs everything itself for RESILFS_LANE_BACKOFF_NS. (Waiting
+ * for the helper's last piece is normal: up to one piece, ~10 us for a copy, ~200 us for
+ * a decode reading 4 sources from memory.) */
+#define RESILFS_LANE_LATE_PIECES 3
+#define RESILFS_LANE_LATE_NS 50000L
+#define RESILFS_LANE_BACKOFF_NS 10000000L
 
 /* outputs[r] = sum over i of coef[r][i] * sources[i], by ``kernel`` */
 typedef struct {
@@ -179,29 +184,35 @@ static void resilfs_lane_post(const resilfs_job_t *jobs, size_t n) {
 
 /* Run the jobs the helper has not claimed, then wait until it is out of the job list.
  * A helper that has not started by then (descheduled, asleep) is called off: nothing
- * waits for it. Waiting spins briefly, then sleeps (so that a helper descheduled on the
- * other vCPU may run on this one); a long wait turns the helper off for a while. */
+ * waits for it. Waiting spins about as long as a piece takes, then sleeps (so that a
+ * helper descheduled on the other vCPU may run on this one); a long wait turns the
+ * helper off for a while. */
 static void resilfs_lane_finish(void) {
-    resilfs_lane_drain();
+    long start = resilfs_now_ns();
+    size_t mine = resilfs_lane_drain();
     int posted = 1;
     if (atomic_compare_exchange_strong_explicit(&resilfs_lane_state, &posted, 0,
                                                 memory_order_acq_rel, memory_order_acquire))
         return;
-    long start = resilfs_now_ns(), waited = 0;
+    long drained = resilfs_now_ns();
+    long piece_ns = mine ? (drained - start) / (long)mine : 0, waited = 0;
+    long late_ns = RESILFS_LANE_LATE_PIECES * piece_ns + RESILFS_LANE_LATE_NS;
+    long spin_ns = piece_ns + RESILFS_LANE_WAIT_SPIN_NS;
     unsigned spins = 0;
     while (atomic_load_explicit(&resilfs_lane_state, memory_order_acquire) != 3) {
-        if (waited < RESILFS_LANE_WAIT_SPIN_NS) {
+        if (waited < spin_ns) {
             resilfs_cpu_relax();
             if ((++spins & 255) == 0)
-                waited = resilfs_now_ns() - start;
+                waited = resilfs_now_ns() - drained;
         } else {
             struct timespec nap = {0, 20000};
             nanosleep(&nap, NULL);
-            waited = resilfs_now_ns() - start;
+            waited = resilfs_now_ns() - drained;
         }
     }
+    waited = resilfs_now_ns() - drained;
     atomic_store_explicit(&resilfs_lane_state, 0, memory_order_relaxed);
-    if (waited >= RESILFS_LANE_LATE_NS) {
+    if (waited >= late_ns) {
         resilfs_lane_backoff_until = resilfs_now_ns() + RESILFS_LANE_BACKOFF_NS;
         atomic_fetch_add_explicit(&resilfs_lane_late, 1, memory_order_relaxed);
     }
