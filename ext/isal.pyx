@@ -8,6 +8,8 @@ that are not contiguous (writable, for outputs) buffers. On error no output is t
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.pycapsule cimport PyCapsule_GetContext, PyCapsule_New, PyCapsule_SetContext
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 
 
 cdef extern from "isa-l/erasure_code.h" nogil:
@@ -22,7 +24,25 @@ cdef extern from "isa-l/erasure_code.h" nogil:
     int gf_invert_matrix(unsigned char *inp, unsigned char *out, const int n)
 
 
+cdef extern from "lane_kernel.h" nogil:
+    ctypedef void (*resilfs_kernel_fn)(int len, int k, int rows, unsigned char *tables,
+                                      unsigned char **sources, unsigned char **outputs)
+    ctypedef struct resilfs_kernel_t:
+        resilfs_kernel_fn fn
+        unsigned char *tables
+        int k
+        int rows
+    const char *RESILFS_KERNEL_CAPSULE
+
+
 cdef int MAX_LEN = 0x7fffffff
+
+
+cdef void _release_owner(object capsule) noexcept:
+    """Capsule destructor: drop the reference to the Tables the kernel points into."""
+    cdef void *owner = PyCapsule_GetContext(capsule)
+    if owner != NULL:
+        Py_DECREF(<object> owner)
 
 
 cdef class _Buffers:
@@ -134,6 +154,7 @@ cdef class Tables:
     """
     cdef readonly int k, rows
     cdef bytes _tables
+    cdef resilfs_kernel_t _kernel
 
     def __init__(self, int k, int rows, coefficients):
         if k < 1 or rows < 1 or k > 255 or rows > 255:
@@ -148,6 +169,19 @@ cdef class Tables:
         self.k = k
         self.rows = rows
         self._tables = bytes(tables)
+        self._kernel.fn = ec_encode_data
+        self._kernel.tables = <unsigned char *> self._tables
+        self._kernel.k = k
+        self._kernel.rows = rows
+
+    @property
+    def lane_kernel(self):
+        """This matrix as a kernel for ``resilfs._copy.copy_parallel``'s helper thread: a
+        capsule (see ext/lane_kernel.h) that keeps these tables alive while it exists."""
+        capsule = PyCapsule_New(&self._kernel, RESILFS_KERNEL_CAPSULE, _release_owner)
+        Py_INCREF(self)
+        PyCapsule_SetContext(capsule, <void *> self)
+        return capsule
 
     def encode(self, sources, outputs, Py_ssize_t length=-1):
         """Write ``rows`` outputs from ``k`` equal-length sources (of ``length`` bytes if >= 0)."""

@@ -4,7 +4,9 @@ For tcp and shm: raw 1 MiB sequential write/read to one region; then for each sc
 write mode, 1 MiB sequential writes and reads of a set; degraded read (one member's
 appliance killed) against the healthy read; rebuild rate (bytes written to the
 replacement per second) against the raw write. Prints a table and, last, one JSON line
-with every figure and ratio. Usage: bench_sets.py [--size MiB] [--quick]
+with every figure and ratio, the load average before and after (other work on the
+machine moves these figures more than anything) and the copy lane's statistics (how much
+of the work its helper thread did). Usage: bench_sets.py [--size MiB] [--quick]
 """
 import argparse
 import functools
@@ -18,6 +20,7 @@ import trio
 
 from resilfs.appliance.launcher import ApplianceLauncher
 from resilfs.codec import make_codec
+from resilfs.codec.kernels import copy_parallel, lane_statistics
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet
 from resilfs.transport import connect
 
@@ -34,12 +37,19 @@ BARS = {  # figure -> (numerator, denominator, minimum ratio); shm only
     "rebuild (mirror:2)": ("shm mirror:2 rebuild", "shm raw write", 0.5),
     "rebuild (ec:4+2)": ("shm ec:4+2 rebuild", "shm raw write", 0.5),
 }
-# not bars, context: a rebuild writes memory the appliance never touched before
+# not bars, context: a rebuild writes memory the appliance never touched before; and the
+# set paths over shm may share their copies with a second vCPU (resilfs._copy's helper
+# thread) while the raw write is one memcpy: against a raw write on two lanes as well
 CONTEXT = {
     "rebuild (mirror:2) vs fresh-region raw write": ("shm mirror:2 rebuild",
                                                       "shm raw write fresh region"),
     "rebuild (ec:4+2) vs fresh-region raw write": ("shm ec:4+2 rebuild",
                                                     "shm raw write fresh region"),
+    "mirror:2 parallel write vs 2-lane raw write": ("shm mirror:2 parallel write",
+                                                     "shm raw write 2 lanes"),
+    "ec:4+2 write vs 2-lane raw write": ("shm ec:4+2 parallel write", "shm raw write 2 lanes"),
+    "rebuild (mirror:2) vs 2-lane raw write": ("shm mirror:2 rebuild", "shm raw write 2 lanes"),
+    "rebuild (ec:4+2) vs 2-lane raw write": ("shm ec:4+2 rebuild", "shm raw write 2 lanes"),
 }
 
 
@@ -54,9 +64,11 @@ async def timed(total: int, step) -> float:
     return best
 
 
-async def raw(connect_one, address: str, size: int) -> tuple[float, float, float]:
+async def raw(connect_one, address: str, size: int) -> dict[str, float]:
     """Raw write and read to one region (best of 3), and the first write of a fresh region
-    (what a rebuild target costs: the appliance's memory is touched for the first time)."""
+    (what a rebuild target costs: the appliance's memory is touched for the first time).
+    Where the transport maps the region here (shm), also a write that copies each block on
+    two lanes (``copy_parallel`` with its helper thread), as the set paths may."""
     client = await connect_one(address)
     region = await client.alloc(size, "bench")
     data = os.urandom(BLOCK)
@@ -64,12 +76,20 @@ async def raw(connect_one, address: str, size: int) -> tuple[float, float, float
     start = time.perf_counter()
     for offset in range(0, size, BLOCK):
         await client.write(region, offset, data)
-    fresh = size / (time.perf_counter() - start)
-    write = await timed(size, lambda o: client.write(region, o, data))
-    read = await timed(size, lambda o: client.read_into(region, o, buf))
+    figures = {"raw write fresh region": size / (time.perf_counter() - start)}
+    figures["raw write"] = await timed(size, lambda o: client.write(region, o, data))
+    figures["raw read"] = await timed(size, lambda o: client.read_into(region, o, buf))
+    if client.mapped_view(region, 0, BLOCK, writable=True) is not None:
+
+        async def two_lanes(offset: int) -> None:
+            view = client.mapped_view(region, offset, BLOCK, writable=True)
+            copy_parallel([(view, data)], min_parallel=0, adaptive=False)
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+        figures["raw write 2 lanes"] = await timed(size, two_lanes)
     await client.free(region)
     await client.aclose()
-    return write, read, fresh
+    return figures
 
 
 async def set_figures(pool, scheme, chunk, mode, size, label, results) -> None:
@@ -130,8 +150,8 @@ async def main(launcher, size: int, quick: bool) -> dict:
     addresses = [a.address for a in launcher.appliances]
     for label in ("tcp", "shm"):
         connect_one = functools.partial(connect, transport=label, secret=launcher.secret)
-        (results[f"{label} raw write"], results[f"{label} raw read"],
-         results[f"{label} raw write fresh region"]) = await raw(connect_one, addresses[0], size)
+        for name, value in (await raw(connect_one, addresses[0], size)).items():
+            results[f"{label} {name}"] = value
         pool = await AppliancePool.create(addresses, connect_one)
         for scheme, chunk in SCHEMES:
             for mode in ("parallel",) if quick else ("parallel", "sequential", "forward"):
@@ -172,11 +192,19 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=64, help="MiB written per figure")
     parser.add_argument("--quick", action="store_true", help="parallel mode only")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-sets-") as workdir, \
             ApplianceLauncher(workdir) as launcher:
         launcher.start(7, capacity="1G")
         results = trio.run(main, launcher, args.size * MiB, args.quick)
     ratios = report(results)
+    load = {"before": load_before, "after": os.getloadavg()}
+    lane = lane_statistics()
+    lane["ns_per_byte"] = {f"{label} {'large' if big else 'small'}": [round(x, 3) for x in v]
+                           for (label, big), v in lane["ns_per_byte"].items()}
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
+    print(f"copy lane: {lane['helped']} of {lane['posted']} pieces offered to the helper "
+          f"thread ran there; it was late {lane['late']} times")
     print(json.dumps({"figures_bytes_per_s": {k: round(v) for k, v in results.items()},
-                      "bars": ratios}))
+                      "bars": ratios, "loadavg": load, "copy_lane": lane}))
     sys.exit(0)

@@ -103,6 +103,18 @@ class Codec(ABC):
         Raises NotEnoughChunks if no subset suffices, CodecError for an unknown chunk number.
         """
 
+    def kernel(self, sources: Sequence[int], outputs: Sequence[int]):
+        """The linear map from chunks ``sources`` to chunks ``outputs`` as a kernel object,
+        or None if this backend has none (then use ``encode`` / ``decode``).
+
+        A kernel's ``encode(source_buffers, output_buffers)`` writes the outputs from the
+        sources, in the given orders, for buffers of any one length (the codes are
+        byte-position-wise); ``resilfs._copy.copy_parallel`` runs it on its helper thread
+        when it has a ``lane_kernel``. Raises CodecError for chunk numbers out of range,
+        overlapping, or sources that do not determine the outputs.
+        """
+        return None
+
     @abstractmethod
     def update(self, index: int, old: object, new: object, coding: Sequence) -> None:
         """Apply a change of data chunk ``index`` from ``old`` to ``new`` to the coding chunks.

@@ -1,7 +1,8 @@
 """The compiled kernels, or their pure-Python twins where an extension is not built.
 
-``copy_into`` / ``copy_parallel`` come from ``resilfs._copy`` (GIL-free memcpy; plain
-memoryview copies where it is not built). ``xor_into`` comes from ``resilfs._xor`` (twin
+``copy_into`` / ``copy_parallel`` come from ``resilfs._copy`` (GIL-free memcpy and matrix
+products shared with a helper thread; plain memoryview copies and ``tables.encode`` calls
+where it is not built). ``xor_into`` comes from ``resilfs._xor`` (twin
 fallback, logged once). The GF(2^8) helpers come from ``resilfs._isal`` when ISA-L is
 present, else from the twin: both compute the same bytes (same field), so callers need not
 care which one runs.
@@ -43,14 +44,25 @@ def _copy_into(dst, src) -> None:
     memoryview(dst).cast("B")[:] = memoryview(src).cast("B")
 
 
-def _copy_parallel(pairs, then=None, min_parallel: int = -1, piece: int = -1) -> None:
+def _copy_parallel(pairs, then=None, min_parallel: int = -1, piece: int = -1,
+                   products=(), adaptive: bool = True, label=None) -> None:
+    for tables, sources, outputs in products:
+        tables.encode(sources, outputs)
     if then is not None:
         then()
     for dst, src in pairs:
         _copy_into(dst, src)
 
 
-# copy_into(dst, src): memcpy with the GIL released. copy_parallel(pairs, then=None): copy
-# every (dst, src) pair, sharing pieces with a helper thread, after calling then().
+def _lane_statistics() -> dict[str, int]:
+    return {"posted": 0, "helped": 0, "late": 0, "ns_per_byte": {}}
+
+
+# copy_into(dst, src): memcpy with the GIL released. copy_parallel(pairs, then=None,
+# products=()): copy every (dst, src) pair and compute every (tables, sources, outputs)
+# product, sharing pieces with a helper thread, after calling then().
 copy_into = _copy.copy_into if HAVE_COPY_EXT else _copy_into
 copy_parallel = _copy.copy_parallel if HAVE_COPY_EXT else _copy_parallel
+# lane_statistics(): pieces offered to copy_parallel's helper thread, run by it, and how
+# often it was late (then the caller works alone for a while)
+lane_statistics = _copy.lane_statistics if HAVE_COPY_EXT else _lane_statistics

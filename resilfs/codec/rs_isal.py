@@ -46,6 +46,7 @@ class IsalCodec(MdsCodec):
         self.coding_matrix = tuple(tuple(coding[j * k:(j + 1) * k]) for j in range(m))
         self._encoder = _isal.Tables(k, m, coding)
         self._decoder = functools.lru_cache(maxsize=DECODE_CACHE)(self._decode_tables)
+        self._kernels = functools.lru_cache(maxsize=DECODE_CACHE)(self._make_kernel)
 
     def _encode_fast(self, data, out):
         self._encoder.encode(data, out, self.chunk_size)
@@ -62,6 +63,22 @@ class IsalCodec(MdsCodec):
     def _update(self, index, old, new, coding):
         self._encoder.update(index, old, coding)
         self._encoder.update(index, new, coding)
+
+    def kernel(self, sources, outputs):
+        """The encoder's tables for data -> coding, else decode tables (both cached)."""
+        return self._kernels(tuple(sources), tuple(outputs))
+
+    def _make_kernel(self, sources: tuple[int, ...], outputs: tuple[int, ...]):
+        k = self.data_chunks
+        for i in sources + outputs:
+            self._check_chunk(i)
+        if len(sources) != k or len(set(sources)) != k or set(sources) & set(outputs) \
+                or len(set(outputs)) != len(outputs) or not outputs:
+            raise CodecError(f"{self.scheme}: no kernel from chunks {list(sources)} to "
+                             f"{list(outputs)} (need {k} distinct sources, other outputs)")
+        if sources == tuple(range(k)) and outputs == tuple(range(k, self._width)):
+            return self._encoder
+        return self._decoder(sources, outputs)
 
     def _decode_tables(self, chosen: tuple[int, ...], missing: tuple[int, ...]):
         """Tables turning chunks ``chosen`` into chunks ``missing``: rows A[w] * inv(A[chosen])."""

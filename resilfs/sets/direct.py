@@ -3,38 +3,47 @@
 Over shm a member's region is mapped in this process (``ShmClient.view``), so a set need
 not go through intermediate buffers: member writes and reads are GIL-free copies
 (``copy_parallel``), full-stripe encodes write the coding chunks straight into the coding
-members' regions, degraded reads decode
-from the survivors' regions into the caller's buffer, and rebuild copies or decodes from
-the survivors' regions into the target's.
+members' regions, degraded reads decode from the survivors' regions into the caller's
+buffer, and rebuild copies or decodes from the survivors' regions into the target's.
+Encodes and decodes whose codec has a kernel (``Codec.kernel``: ISA-L) run as products of
+``copy_parallel``, beside the copies, and every step may share its pieces with the helper
+thread (two vCPUs at once, when that is faster: see ``HELPER_MIN``).
 
 Used only when every member a step touches is connected over shm and the step moves at
 least ``DIRECT_MIN`` bytes; otherwise the ordinary transfer path runs. Failures as on the
 ordinary path: a member whose view cannot be had (freed region, dead appliance) is marked
 failed by the set, and bytes read through views count only if ``check_live`` passes
 after the copy or decode (a region freed meanwhile → that member is marked failed).
-Cancellation: only the view lookups await; the copies themselves are not interruptible
-(they take about as long as the ordinary inline shm copies did).
+Everything runs on the loop thread (and the helper), as the ordinary inline shm copies
+do: a decode reading more than ``STEP_MAX`` bytes is cut into steps with checkpoints
+between, so other tasks still run every few milliseconds. Cancellation: only the view
+lookups and those checkpoints await; a step itself is not interruptible, and the helper
+is done with it when ``copy_parallel`` returns, so no view is written after a step.
 """
 from typing import TYPE_CHECKING
 
-import trio
-
 from ..codec.kernels import copy_parallel
 from ..transport.base import RegionHandle, TransportError
-from ..transport.shm import ShmClient
+from ..transport.shm import ShmClient, checkpoint
 from .membership import FAILED, OK
 
 if TYPE_CHECKING:
     from .resiliency import Ranges, ResiliencySet
 
 DIRECT_MIN = 256 << 10  # bytes a step must move to take the direct path
-# largest full-stripe write or degraded read whose encode/decode runs on the loop thread
-# (beside the copies, which block it as long); larger ones decode in worker threads
-ENCODE_INLINE_MAX = 4 << 20
-# Copies of at least this many bytes are shared with copy_parallel's helper thread. Off:
-# measured here it lost (the copies are memory-bandwidth bound, the vCPUs shared; see
-# docs/sets.md "Direct access over shm"). Set to e.g. 256 KiB to try it elsewhere.
-HELPER_MIN = 1 << 62
+# largest full-stripe write (set bytes) that takes the direct path
+FULL_STRIPES_MAX = 4 << 20
+# most bytes one uninterrupted piece of a degraded read's or a rebuild run's decode reads:
+# a default rebuild run of ec:4+2 (4 MiB of member, 16 MiB read, 1-4 ms here) is one
+# piece; larger ones run in steps with checkpoints between (run_products). Measured:
+# 1 MiB-output steps cost the ec:4+2 rebuild 15-30% of its rate.
+STEP_MAX = 16 << 20
+PIECE_ALIGN = 64 << 10  # steps cut products at multiples of this
+# Steps moving at least this many bytes may share their copies, encodes and decodes with
+# copy_parallel's helper thread, which times both ways per label (the kind of step) and
+# keeps the helper unless alone runs clearly faster now (the helper pays when the other
+# vCPU is idle, and costs when it is busy).
+HELPER_MIN = 256 << 10
 
 
 def shm_clients(s: "ResiliencySet", indices) -> dict[int, ShmClient] | None:
@@ -52,12 +61,18 @@ async def views(s: "ResiliencySet", clients: dict[int, ShmClient],
                 wanted: "dict[int, list[tuple[RegionHandle, int, int]]]", writable: bool,
                 failed: set[int]) -> dict[int, list[memoryview]]:
     """Views of each member's (handle, offset, length) ranges; members whose views cannot
-    be had are added to ``failed`` (and marked failed) instead."""
+    be had are added to ``failed`` (and marked failed) instead. A checkpoint (see
+    shm.checkpoint); regions not mapped yet are mapped first."""
+    await checkpoint()
     out: dict[int, list[memoryview]] = {}
     for index, ranges in wanted.items():
         client = clients[index]
         try:
-            out[index] = [await client.view(h, o, n, writable) for h, o, n in ranges]
+            got = []
+            for h, o, n in ranges:
+                v = client.mapped_view(h, o, n, writable)
+                got.append(v if v is not None else await client.view(h, o, n, writable))
+            out[index] = got
         except TransportError as e:
             failed.add(index)
             await s._fail(index, e, client)
@@ -88,29 +103,52 @@ async def transfer(s: "ResiliencySet", plan: "dict[int, Ranges]", write: bool,
     for index, vs in got.items():
         for (_, _, buf), v in zip(plan[index], vs, strict=True):
             pairs.append((v, buf) if write else (buf, v))
-    copy_parallel(pairs, min_parallel=HELPER_MIN)
+    copy_parallel(pairs, min_parallel=HELPER_MIN, label="write" if write else "read")
     if not write:
         await check_live(s, clients, got, failed)
+    return failed
+
+
+def healthy_clients(s: "ResiliencySet", length: int) -> dict[int, ShmClient] | None:
+    """Every member's shm client if a write of ``length`` bytes takes a whole-set direct
+    path: DIRECT_MIN bytes or more, every member current and connected by shm; else None."""
+    if length < DIRECT_MIN or not all(m.state == OK and not m.dirty for m in s.members):
+        return None
+    return shm_clients(s, range(s.width))
+
+
+async def write_mirror(s: "ResiliencySet", offset: int, view: memoryview,
+                       clients: dict[int, ShmClient]) -> set[int] | None:
+    """Write ``view`` at ``offset`` of every member of a mirror set whose members are all
+    current (``healthy_clients``). Returns the failed members (none: copies into mapped
+    memory do not fail), or None if a member's view could not be had (it is marked failed,
+    nothing was written: plan again)."""
+    failed: set[int] = set()
+    got = await views(s, clients, {i: [(s.members[i].handle, offset, view.nbytes)]
+                                   for i in range(s.width)}, True, failed)
+    if failed:
+        return None
+    copy_parallel([(got[i][0], view) for i in range(s.width)], min_parallel=HELPER_MIN,
+                  label="mirror write")
     return failed
 
 
 def full_stripes_apply(s: "ResiliencySet", offset: int, length: int,
                        stripes: range) -> dict[int, ShmClient] | None:
     """The members' shm clients if ``write_full_stripes`` applies to this write, else None:
-    whole stripes, DIRECT_MIN..ENCODE_INLINE_MAX bytes, every member current and on shm."""
+    whole stripes, DIRECT_MIN..FULL_STRIPES_MAX bytes, every member current and on shm."""
     if offset % s.stripe_size or length != len(stripes) * s.stripe_size \
-            or not DIRECT_MIN <= length <= ENCODE_INLINE_MAX:
+            or length > FULL_STRIPES_MAX:
         return None
-    if not all(m.state == OK and not m.dirty for m in s.members):
-        return None
-    return shm_clients(s, range(s.width))
+    return healthy_clients(s, length)
 
 
 async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
                              stripes: range, clients: dict[int, ShmClient]) -> set[int] | None:
     """Write whole stripes of a set whose members are all current (``full_stripes_apply``):
-    this thread encodes straight into the coding members' regions and copies the data
-    chunks into the data members' (shared with the helper thread if HELPER_MIN allows).
+    the data chunks are copied into the data members' regions and the coding chunks
+    encoded straight into the coding members' (with a kernel: shared with the helper
+    thread; without: encoded on this thread, then copied).
     Returns the failed members, or None if a member's view could not be had (it is marked
     failed, nothing was written: plan again)."""
     k, cs, ss = s.k, s.chunk_size, s.stripe_size
@@ -128,6 +166,13 @@ async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
             at = p * ss + c * cs
             pairs.append((region[p * cs:(p + 1) * cs], view[at:at + cs]))
     coding = [got[i][0] for i in range(k, s.width)]
+    kernel = s.codec.kernel(range(k), range(k, s.width))
+    if kernel is not None:
+        products = [(kernel, [view[p * ss + c * cs:p * ss + (c + 1) * cs] for c in range(k)],
+                     [x[p * cs:(p + 1) * cs] for x in coding]) for p in range(n)]
+        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN,
+                      label="full stripes")
+        return failed
     codec = s.codec
 
     def encode() -> None:
@@ -136,7 +181,7 @@ async def write_full_stripes(s: "ResiliencySet", offset: int, view: memoryview,
             codec.encode([view[at + c * cs:at + (c + 1) * cs] for c in range(k)],
                          out=[x[p * cs:(p + 1) * cs] for x in coding])
 
-    copy_parallel(pairs, then=encode, min_parallel=HELPER_MIN)
+    copy_parallel(pairs, then=encode, min_parallel=HELPER_MIN, label="full stripes")
     return failed
 
 
@@ -176,30 +221,58 @@ async def read_degraded(s: "ResiliencySet", offset: int, view: memoryview) -> bo
     if failed:
         return False
     pairs = [(dst, got[i][j]) for dst, (i, j) in copies]
-
-    def decode_all() -> None:
-        for c, n, inputs, out in decodes:
-            s.codec_for(n).decode({i: got[m][j] for i, (m, j) in inputs.items()}, [c],
-                                  {c: out})
-
     decoded = sum(d[1] for d in decodes)
-    if decoded * s.k <= ENCODE_INLINE_MAX:
-        copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN)
+    kernels = [s.codec.kernel(sorted(inputs), [c]) for c, _, inputs, _ in decodes]
+    if all(kernel is not None for kernel in kernels):
+        products = [(kernel, [got[m][j] for _, (m, j) in sorted(inputs.items())], [out])
+                    for kernel, (_, _, inputs, out) in zip(kernels, decodes, strict=True)]
+        await run_products(decoded * s.k, pairs, products, "degraded read")
     else:
-        copy_parallel(pairs, min_parallel=HELPER_MIN)
-        await s.compute(decoded * s.k, decode_all)
+        def decode_all() -> None:
+            for c, n, inputs, out in decodes:
+                s.codec_for(n).decode({i: got[m][j] for i, (m, j) in inputs.items()}, [c],
+                                      {c: out})
+
+        if decoded * s.k <= STEP_MAX:
+            copy_parallel(pairs, then=decode_all, min_parallel=HELPER_MIN,
+                          label="degraded read")
+        else:
+            copy_parallel(pairs, min_parallel=HELPER_MIN, label="degraded read")
+            await s.compute(decoded * s.k, decode_all)
     await check_live(s, clients, got, failed)
     return not failed
+
+
+async def run_products(nbytes: int, pairs: list, products: list, label: str) -> None:
+    """``copy_parallel`` of copies and kernel products that read ``nbytes`` in all (the
+    helper's choice learnt under ``label``), on this thread: in one call up to STEP_MAX,
+    else in steps that read at most STEP_MAX bytes each, with a checkpoint between
+    (``shm.checkpoint``). A worker thread would keep the loop free too, but its hop costs
+    more than a step (and much more when the vCPUs are busy). Cancelled between steps:
+    raises Cancelled with some outputs written and others not (callers redo the step)."""
+    if nbytes <= STEP_MAX:
+        copy_parallel(pairs, products=products, min_parallel=HELPER_MIN, label=label)
+        return
+    copy_parallel(pairs, min_parallel=HELPER_MIN, label=label)
+    for tables, sources, outputs in products:
+        length = memoryview(outputs[0]).nbytes
+        step = max(STEP_MAX // len(sources) // PIECE_ALIGN * PIECE_ALIGN, PIECE_ALIGN)
+        for lo in range(0, length, step):
+            await checkpoint()
+            part = slice(lo, lo + step)
+            copy_parallel([], products=[(tables, [memoryview(x)[part] for x in sources],
+                                         [memoryview(x)[part] for x in outputs])],
+                          min_parallel=HELPER_MIN, label=label)
 
 
 async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
                   n: int) -> bool | None:
     """Rebuild member ``index``'s bytes [base, base + n) from members ``chosen`` over shm:
-    a mirror copies region to region; a coded set decodes
-    from the sources' regions into the target's, half in a worker thread and half on this
-    thread meanwhile (two vCPUs; this blocks the loop about as long as a mirror's copy). The
-    caller holds the stripes' locks. Returns True when done, False if a member failed
-    (marked failed), None if the path does not apply."""
+    a mirror copies region to region (on this thread, like any shm copy); a coded set
+    decodes from the sources' regions into the target's (``run_products``: in steps, for
+    a large run). The caller holds the stripes' locks. Returns
+    True when done, False if a member failed (marked failed), None if the path does not
+    apply."""
     clients = shm_clients(s, [*chosen, index])
     if clients is None or n < DIRECT_MIN:
         return None
@@ -212,21 +285,14 @@ async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
         return False
     out = target[index][0]
     if s.mirror:
-        copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN)
+        copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN, label="rebuild")
     else:
-        cs = s.chunk_size
-        half = max(cs, n // 2 // cs * cs)  # both halves whole chunks of every stripe
-
-        def decode(lo: int, hi: int) -> None:
-            s.codec_for(hi - lo).decode({i: got[i][0][lo:hi] for i in chosen}, [index],
-                                        {index: out[lo:hi]})
-
-        if half >= n:
-            await s.compute(n * s.k, decode, 0, n)
-        else:  # the first half in a worker thread, the rest here meanwhile
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.to_thread.run_sync, decode, 0, half)
-                await trio.sleep(0)  # let the thread start
-                decode(half, n)
+        kernel = s.codec.kernel(chosen, [index])
+        if kernel is not None:
+            await run_products(n * s.k, [], [(kernel, [got[i][0] for i in chosen], [out])],
+                               "rebuild")
+        else:
+            await s.compute(n * s.k, s.codec_for(n).decode,
+                            {i: got[i][0] for i in chosen}, [index], {index: out})
     await check_live(s, clients, chosen, failed)
     return not failed

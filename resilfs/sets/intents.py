@@ -45,6 +45,8 @@ class IntentTracker:
         self.linger = linger
         self.max_open = max_open
         self._open: dict[int, _Intent] = {}
+        # no intent can be idle for ``linger`` before this trio time (see _take_idle)
+        self._next_due = -float("inf")
         # ids unique across sessions: a returning member may still hold old pending ones
         self._ids = itertools.count(time.time_ns() // 1000)
 
@@ -96,6 +98,8 @@ class IntentTracker:
     def _take_idle(self, everything: bool) -> list[int]:
         """Remove and return the ids of intents to end now (no await inside)."""
         now = trio.current_time()
+        if not everything and now < self._next_due and len(self._open) <= self.max_open:
+            return []  # the common case after a write: nothing can be due yet
         idle = [(i.idle_since, g) for g, i in self._open.items()
                 if i.inflight == 0 and i.ready.is_set()]
         if not everything:
@@ -103,7 +107,11 @@ class IntentTracker:
             idle.sort()
             idle = [(t, g) for n, (t, g) in enumerate(idle)
                     if n < excess or now - t >= self.linger]
-        return [self._open.pop(g).intent_id for _, g in idle]
+        ids = [self._open.pop(g).intent_id for _, g in idle]
+        # intents idle now are due at idle_since + linger; any other becomes idle later
+        self._next_due = min([i.idle_since + self.linger for i in self._open.values()
+                              if i.inflight == 0] + [now + self.linger])
+        return ids
 
     async def end_idle(self, everything: bool = False) -> None:
         """End intents idle long enough (or all idle ones); errors are the end callback's."""

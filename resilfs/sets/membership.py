@@ -10,6 +10,7 @@ value orders copies across appliances (a member that was failed holds an older o
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import trio
 
@@ -38,6 +39,8 @@ class Member:
     ``ok``: serves every stripe not in ``dirty`` (normally none). ``failed``: serves nothing;
     ``dirty`` collects the stripes it missed, so a return resyncs only those. ``rebuilding``:
     takes writes and serves stripes not in ``dirty`` while the rebuild fills the rest.
+    The region's identity (appliance, region_id, key, size) never changes: another
+    region is another Member.
     """
 
     appliance: str
@@ -48,7 +51,7 @@ class Member:
     dirty: set[int] = field(default_factory=set)
     failed_at: float | None = None  # trio clock when it failed (not stored)
 
-    @property
+    @cached_property
     def handle(self) -> RegionHandle:
         return RegionHandle(self.appliance, self.region_id, self.size, self.key)
 

@@ -575,12 +575,15 @@ class ResiliencySet:
         view, stripes = self._start_io(offset, data)
         if not stripes:
             return
-        async with self.locks.hold(stripes):
+        await self.locks.acquire(stripes)
+        try:
             self._require(stripes)
             token = await self.intents.enter(stripes)
             # on error or cancellation the intent stays open: resync at the next open
             await self._write_locked(offset, view, stripes)
             self.intents.leave(token)
+        finally:
+            self.locks.release(stripes)
         await self.intents.end_idle()
 
     async def _write_locked(self, offset: int, view: memoryview, stripes: range) -> None:
@@ -608,8 +611,14 @@ class ResiliencySet:
         if self._version != self._saved_version:
             await self._persist()
 
-    async def _write_mirror(self, offset: int, view: memoryview, stripes: range) -> set[int]:
-        """Write every current member; return the members that failed."""
+    async def _write_mirror(self, offset: int, view: memoryview,
+                            stripes: range) -> set[int] | None:
+        """Write every current member; return the members that failed, or None (nothing
+        written) if a member failed before the copies."""
+        if self.write_mode == "parallel":
+            clients = direct.healthy_clients(self, view.nbytes)
+            if clients is not None:
+                return await direct.write_mirror(self, offset, view, clients)
         plan = _Plan()
         end = offset + view.nbytes
         for i, member in enumerate(self.members):

@@ -194,6 +194,17 @@ class ApplianceClient(ABC):
         """The (intent id, extents) of multi-writes that began and never ended."""
 
     # -- forwarded writes (claims 6-8) --------------------------------------------
+    def mapped_view(self, region: RegionHandle, offset: int, length: int,
+                    writable: bool = False) -> memoryview | None:
+        """Bytes [offset, offset + length) of ``region`` as a view of memory mapped in this
+        process, if this transport maps regions here and has this one mapped already; else
+        None (the default: tcp and rdma), and the caller reads or writes as usual.
+
+        Writing into the view writes the region; bytes read from it count only if the
+        region is still live afterwards (see ShmClient.check_live). Never blocks.
+        """
+        return None
+
     @abstractmethod
     async def forward_write(self, region: RegionHandle, offset: int, data,
                             targets: Sequence[ForwardTarget]) -> None:

@@ -22,11 +22,12 @@ caller (the resiliency sets) can encode into, decode from, or copy between regio
 an intermediate buffer; ``check_live(region)`` repeats the free check after reading through
 a view. A view stays valid memory for as long as it exists (an unmapped region's mapping is
 kept until its last view is released), but it sees a region freed meanwhile as stale bytes:
-readers must call ``check_live`` afterwards, as ``read_into`` does. ``prefault(region)``
+readers must call ``check_live`` afterwards, as ``read_into`` does. ``mapped_view`` is
+the same without awaiting, for a region already mapped (None otherwise); a caller that
+takes many views checkpoints once with the module's ``checkpoint()``. ``prefault(region)``
 allocates a region's pages (fallocate) and maps them all (MAP_POPULATE), in a worker
-thread, so that first writes into
-fresh appliance memory do not take a page fault per 4 KiB (~2.4 us each here, which caps
-first writes near 1.5 GB/s).
+thread, so that first writes into fresh appliance memory do not take a page fault per
+4 KiB (~2.4 us each here, which caps first writes near 1.5 GB/s).
 
 Copies larger than ``COPY_MIN`` go through ``resilfs._copy.copy_into``: a memcpy with the
 GIL released.
@@ -105,7 +106,6 @@ class ShmClient(StreamClient):
         client._poller = select.poll()  # cheap liveness probe, see _poll_closed
         client._poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
         client._mappings: OrderedDict[tuple[int, int], _Mapping] = OrderedDict()
-        client._last_yield = time.perf_counter()
         return client
 
     async def _mapping(self, region: RegionHandle, populate: bool = False) -> _Mapping:
@@ -147,7 +147,7 @@ class ShmClient(StreamClient):
                     self._mappings.popitem(last=False)[1].close()
         else:
             self._mappings.move_to_end(ref)
-            await self._checkpoint()
+            await checkpoint()
             if self._mappings.get(ref) is not mapping:  # dropped or replaced meanwhile
                 return await self._mapping(region)
         self._check_live(ref, mapping)
@@ -159,19 +159,6 @@ class ShmClient(StreamClient):
         if self._dead is None and not self._reading and not self._poller.poll(0):
             return
         super()._poll_closed()
-
-    async def _checkpoint(self) -> None:
-        """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
-
-        A full trio checkpoint costs as much as copying ~100 KiB here, so copies do not
-        yield every time; other tasks still run at least once a millisecond.
-        """
-        now = time.perf_counter()
-        if now - self._last_yield >= YIELD_EVERY:
-            self._last_yield = now
-            await trio.lowlevel.checkpoint()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
 
     def _check_live(self, ref: tuple[int, int], mapping: _Mapping) -> None:
         if self._dead is not None:
@@ -213,6 +200,22 @@ class ShmClient(StreamClient):
         """
         _check_range(region, offset, length)
         mapping = await self._mapping(region)
+        view = mapping.view[offset:offset + length]
+        return view if writable else view.toreadonly()
+
+    def mapped_view(self, region: RegionHandle, offset: int, length: int,
+                    writable: bool = False) -> memoryview | None:
+        """``view`` without awaiting, for a region this client has mapped already; None if
+        it has not (then ``await view(...)``). Raises as ``view`` does. No checkpoint: a
+        caller making many calls should ``await checkpoint()`` once."""
+        ref = (region.region_id, region.key)
+        mapping = self._mappings.get(ref)
+        if mapping is None:
+            return None
+        _check_range(region, offset, length)
+        self._poll_closed()
+        self._check_live(ref, mapping)
+        self._mappings.move_to_end(ref)
         view = mapping.view[offset:offset + length]
         return view if writable else view.toreadonly()
 
@@ -271,6 +274,24 @@ class ShmClient(StreamClient):
             mapping.close()
         if hasattr(self, "_mappings"):
             self._mappings.clear()
+
+
+_last_yield = 0.0  # perf_counter of the last yield of checkpoint(), in any shm client
+
+
+async def checkpoint() -> None:
+    """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
+
+    A full trio checkpoint costs as much as copying ~100 KiB here, so shm copies do not
+    yield every time; other tasks still run at least once a millisecond.
+    """
+    global _last_yield
+    now = time.perf_counter()
+    if now - _last_yield >= YIELD_EVERY:
+        _last_yield = now
+        await trio.lowlevel.checkpoint()
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 def _copy(dst: memoryview, src: memoryview) -> None:

@@ -212,6 +212,27 @@ async def test_free_then_use_refused(client, tcp_client):
         await client.lookup(region.region_id, region.key)
 
 
+async def test_mapped_view_is_the_region_or_none(client, tcp_client, transport):
+    """Only shm maps regions here: its view reads and writes the region itself, once
+    the region is mapped; every other transport answers None."""
+    region = await client.alloc(4096, "conformance")
+    assert client.mapped_view(region, 0, 4) is None  # nothing mapped yet
+    await client.write(region, 0, b"data")
+    view = client.mapped_view(region, 0, 4, writable=True)
+    if transport != "shm":
+        assert view is None
+        await client.free(region)
+        return
+    assert bytes(view) == b"data" and client.mapped_view(region, 0, 4).readonly
+    view[:] = b"DATA"
+    assert await tcp_client.read(region, 0, 4) == b"DATA"
+    with pytest.raises(OutOfBounds):
+        client.mapped_view(region, 4000, 100)
+    await tcp_client.free(region)
+    with pytest.raises(NoSuchRegion):
+        client.mapped_view(region, 0, 4)
+
+
 async def test_alloc_lookup_stat(client):
     before = await client.stat()
     region = await client.alloc(3 * 4096, "fs-stat")
