@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--write-mode", choices=WRITE_MODES, default="parallel")
     p.add_argument("--cache-size", type=cache_size, default=DEFAULT_LIMIT,
-                   help="memory for the write-behind cache of overwrites (e.g. 64M; 0: write "
+                   help="memory for the write-behind cache of small writes (e.g. 64M; 0: write "
                         f"through; default {DEFAULT_LIMIT >> 20}M)")
     p.add_argument("-o", dest="options", default="", help="FUSE options, e.g. allow_other")
     p.add_argument("--log", help="log file (default: stderr in the foreground)")
