@@ -8,11 +8,7 @@ at every step, and the direct paths must actually have run.
 """
 import functools
 import hashlib
-import os
 import random
-import signal
-import subprocess
-import sys
 
 import pytest
 import trio
@@ -20,6 +16,7 @@ import trio
 from resilfs.appliance.launcher import ApplianceLauncher
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, direct
 from resilfs.transport import connect
+from tests.fault.conftest import kill_writer_while_writing
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZE = 8 * MiB
@@ -32,14 +29,6 @@ def cluster(tmp_path_factory):
     with ApplianceLauncher(tmp_path_factory.mktemp("direct")) as launcher:
         launcher.start(2 * SIDE, capacity="128M", persist=True)
         yield launcher
-
-
-@pytest.fixture
-def apps(cluster):
-    for app in cluster.appliances:
-        if not app.running:
-            cluster.restart(app)
-    return cluster.appliances
 
 
 @pytest.fixture
@@ -205,18 +194,8 @@ async def test_shm_writer_killed_mid_multiwrite_then_resync(cluster, apps, schem
     sid = "killed-" + hashlib.sha1(scheme.encode()).hexdigest()[:8]
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "direct", sid, chunk_size=CHUNK)
     await s.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, ",".join(pool.addresses), cluster.secret.hex(), sid],
-        stdout=subprocess.PIPE, start_new_session=True)
-    try:
-        with trio.fail_after(30):
-            line = await trio.to_thread.run_sync(proc.stdout.readline)
-        assert line.strip() == b"writing"
-        await trio.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+    await kill_writer_while_writing(WRITER, ",".join(pool.addresses), cluster.secret.hex(),
+                                    sid)
     s = await ResiliencySet.open(pool, "direct", sid)
     assert s.resynced_stripes > 0
     report = await s.scrub()

@@ -9,8 +9,6 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
-import sys
 
 import pytest
 import trio
@@ -19,6 +17,7 @@ from resilfs.appliance.launcher import ApplianceLauncher
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, SetUnavailable, list_sets
 from resilfs.transport import connect
 from resilfs.transport.base import NoSuchRegion
+from tests.fault.conftest import kill_writer_while_writing
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZE = 4 * MiB
@@ -31,15 +30,6 @@ def cluster(tmp_path_factory):
     with ApplianceLauncher(tmp_path_factory.mktemp("sets")) as launcher:
         launcher.start(CLUSTER, capacity="256M", persist=True)
         yield launcher
-
-
-@pytest.fixture
-def apps(cluster):
-    """The cluster's appliances, every one running (tests before may have killed some)."""
-    for app in cluster.appliances:
-        if not app.running:
-            cluster.restart(app)
-    return cluster.appliances
 
 
 async def make_pool(cluster, transport="tcp") -> AppliancePool:
@@ -272,18 +262,8 @@ async def test_writer_killed_mid_multiwrite_then_resync(cluster, apps, request, 
     sid = set_id(request)
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", sid, chunk_size=CHUNK)
     await s.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, ",".join(a.address for a in cluster.appliances),
-         cluster.secret.hex(), sid, mode], stdout=subprocess.PIPE, start_new_session=True)
-    try:
-        with trio.fail_after(30):
-            line = await trio.to_thread.run_sync(proc.stdout.readline)
-        assert line.strip() == b"writing"
-        await trio.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+    await kill_writer_while_writing(WRITER, ",".join(a.address for a in cluster.appliances),
+                                    cluster.secret.hex(), sid, mode)
     s = await ResiliencySet.open(pool, "fault", sid)
     assert s.resynced_stripes > 0  # the observers named the unfinished multi-writes
     report = await s.scrub()
