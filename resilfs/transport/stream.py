@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 PEEK_NOWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 FD_OPS = (Op.SHM_TABLE | REPLY, Op.SHM_MAP | REPLY)
+GATHER_THRESHOLD = 256 * 1024  # request bytes from which a send first gathers the others
 
 
 class _Pending:
@@ -137,8 +138,9 @@ class StreamClient(ApplianceClient):
                                    idle_wait=self.idle_wait)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
-        self._sending = False  # a call is sending a request
-        self._send_queue = trio.lowlevel.ParkingLot()
+        self._sending = False  # a call is sending the outbox
+        self._outbox: list = []  # buffers of requests not sent yet, in order
+        self._outbox_bytes = 0
         self._reading = False  # a waiter is reading replies
         self._dead: str | None = None
         self._last_progress = 0.0  # time.perf_counter() of the last frame received
@@ -304,6 +306,7 @@ class StreamClient(ApplianceClient):
             if pending.event is not None:
                 pending.event.set()
         self._pending.clear()
+        self._outbox, self._outbox_bytes = [], 0
         close_socket(self._sock)
         for fd in self._fds or ():
             os.close(fd)
@@ -330,28 +333,12 @@ class StreamClient(ApplianceClient):
         pending = _Pending(dest, dest_len, time.perf_counter())
         self._pending[request_id] = pending
         length = sum(map(len, parts))
+        self._outbox.append(pack_header(length, op, request_id))
+        self._outbox.extend(parts)
+        self._outbox_bytes += HEADER_SIZE + length
         try:
-            while self._sending:  # no checkpoint when nobody else is sending
-                await self._send_queue.park()
-            self._sending = True
-            try:
-                if self._dead is not None:
-                    raise self._unavailable()
-                await send_buffers(self._sock, [pack_header(length, op, request_id), *parts],
-                                   timeout=self.timeout, nbytes=HEADER_SIZE + length)
-            except trio.Cancelled:
-                self._fail("a request was cancelled while being sent")
-                raise
-            except trio.TooSlowError:
-                self._fail(f"appliance took no data for {self.timeout} s")
-                raise self._unavailable() from None
-            except (OSError, trio.ClosedResourceError) as e:
-                self._fail(f"connection lost: {e}")
-                raise self._unavailable() from None
-            finally:
-                self._sending = False
-                if self._send_queue:
-                    self._send_queue.unpark()
+            if not self._sending:  # else the sending call sends this request too
+                await self._send_outbox(gather=length >= GATHER_THRESHOLD)
             while pending.status is None and self._dead is None:
                 if not self._reading:
                     self._reading = True
@@ -374,6 +361,37 @@ class StreamClient(ApplianceClient):
         if pending.status != Status.OK:
             raise error_for(pending.status, pending.payload.decode(errors="replace"))
         return pending
+
+    async def _send_outbox(self, gather: bool) -> None:
+        """Send every queued request, including those queued while this one sends.
+
+        ``gather``: first let every other runnable task queue its request (one trip through
+        trio's scheduler, worth it for large requests only), so that large requests leave
+        back to back: the appliance is still receiving the previous one when the next one
+        starts, which makes the send cheaper (MEASURED in protocol_io's docstring). A call
+        cancelled while sending breaks the framing: the connection is failed. Raises
+        ApplianceUnavailable when the connection is lost or the appliance takes no byte for
+        ``timeout`` seconds.
+        """
+        self._sending = True
+        try:
+            if gather:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            while self._outbox and self._dead is None:
+                buffers, nbytes = self._outbox, self._outbox_bytes
+                self._outbox, self._outbox_bytes = [], 0
+                await send_buffers(self._sock, buffers, timeout=self.timeout, nbytes=nbytes)
+        except trio.Cancelled:
+            self._fail("a request was cancelled while being sent")
+            raise
+        except trio.TooSlowError:
+            self._fail(f"appliance took no data for {self.timeout} s")
+            raise self._unavailable() from None
+        except (OSError, trio.ClosedResourceError) as e:
+            self._fail(f"connection lost: {e}")
+            raise self._unavailable() from None
+        finally:
+            self._sending = False
 
     async def _control(self, op: int, payload: bytes = b"") -> Reader:
         return Reader((await self._call(op, [payload])).payload)
