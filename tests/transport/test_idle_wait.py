@@ -96,3 +96,17 @@ async def test_disabled(pair):
     start = time.perf_counter()
     assert not FrameReader(a, idle_wait=False).wait_idle(5.0)
     assert time.perf_counter() - start < 0.5
+
+
+async def test_spins_briefly_then_sleeps(pair):
+    """A wait spins at most ``spin`` seconds; a long wait costs (almost) no CPU, and after
+    one the next wait does not spin at all."""
+    a, b = pair
+    reader = FrameReader(a, spin=0.01)
+    for _ in range(2):
+        cpu, start = time.process_time(), time.perf_counter()
+        assert not reader.wait_idle(0.2)
+        assert time.perf_counter() - start >= 0.15
+        assert time.process_time() - cpu < 0.1
+    send_later(b, 0.0).join()
+    assert reader.wait_idle(1.0)
