@@ -285,12 +285,13 @@ async def rebuild(s: "ResiliencySet", index: int, chosen: list[int], base: int,
         return False
     out = target[index][0]
     if s.mirror:
-        copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN, label="rebuild")
+        copy_parallel([(out, got[chosen[0]][0])], min_parallel=HELPER_MIN,
+                      label="rebuild copy")
     else:
         kernel = s.codec.kernel(chosen, [index])
         if kernel is not None:
             await run_products(n * s.k, [], [(kernel, [got[i][0] for i in chosen], [out])],
-                               "rebuild")
+                               "rebuild decode")
         else:
             await s.compute(n * s.k, s.codec_for(n).decode,
                             {i: got[i][0] for i in chosen}, [index], {index: out})
