@@ -3,10 +3,11 @@
 For tcp and shm: raw 1 MiB sequential write/read to one region; then for each scheme and
 write mode, 1 MiB sequential writes and reads of a set; degraded read (one member's
 appliance killed) against the healthy read; rebuild rate (bytes written to the
-replacement per second, best of three kill-and-rebuild rounds) against the raw write. Prints a table and, last, one JSON line
-with every figure and ratio, the load average before and after (other work on the
-machine moves these figures more than anything) and the copy lane's statistics (how much
-of the work its helper thread did). Usage: bench_sets.py [--size MiB] [--quick]
+replacement per second, best of three kill-and-rebuild rounds) against the raw write.
+Prints a table and, last, one JSON line with every figure and ratio, the load average
+before and after (other work on the machine moves these figures more than anything) and
+the copy lane's statistics (how much of the work its helper thread did).
+Usage: bench_sets.py [--size MiB] [--quick]
 """
 import argparse
 import functools
@@ -115,8 +116,9 @@ async def until(condition) -> None:
 
 async def degraded_and_rebuild(launcher, pool, scheme, chunk, size, label, results) -> None:
     """Degraded read with member 0's appliance killed; then, killing members 0, 1, 2 (modulo
-    the member count) in turn, the rebuild rate: bytes written to the replacement per second, from the moment the set
-    is rebuilding (the replacement placed) until it is healthy again (membership stored)."""
+    the member count) in turn, the rebuild rate: bytes written to the replacement per
+    second, from the moment the set is rebuilding (the replacement placed) until it is
+    healthy again."""
     s = await ResiliencySet.create(pool, scheme, make_codec(scheme, chunk), size, "bench",
                                    f"{label}-{scheme}-degraded")
     data = os.urandom(BLOCK)
