@@ -299,7 +299,9 @@ class FileData:
         """Make the data that the MAP records among journal records ``batch`` map durable
         (before the batch is: ``Journal.before_append``). Data lost meanwhile is logged and
         stays mapped: its set is beyond tolerance, so reading it answers EIO."""
-        ranges = [(r[4], r[5], r[3]) for r in batch if r[0] == Op.MAP]
+        maps = (r for r in batch if r[0] == Op.MAP)
+        ranges = [(set_id, set_offset, length)
+                  for _op, _ino, _file_offset, length, set_id, set_offset in maps]
         if ranges:
             try:
                 await self.backing.flush(ranges)
