@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 60.0
 BLOCK = 4096
+DOT_COOKIES = 2  # readdir cookies of "." and ".."; a directory's own cookies come after
 #: names that are commands and reports (resilfs.fs.control); unknown ones are EINVAL
 CONTROL_PREFIX = b"user.resilfs."
 
@@ -261,10 +262,19 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh, start_id, token):
+        """"." and ".." first (cookies 1 and 2; neither takes a lookup reference, the
+        kernel does not link them), then the entries (their directory's cookies + 2). A
+        directory removed while open lists ".." as itself."""
         node = self.metadata.inode(fh)
         inodes = self.metadata.state.inodes
-        for cookie, name, ino in node.dir.listing(start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attrs(inodes[ino]), cookie):
+        dots = ((1, b".", node), (DOT_COOKIES, b"..", inodes.get(node.parent, node)))
+        for cookie, name, dot in dots:
+            if start_id < cookie and not pyfuse3.readdir_reply(token, name, self._attrs(dot),
+                                                               cookie):
+                return
+        for cookie, name, ino in node.dir.listing(max(start_id - DOT_COOKIES, 0)):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(inodes[ino]),
+                                         cookie + DOT_COOKIES):
                 break
             self.metadata.remember(ino)
 

@@ -75,6 +75,27 @@ def test_directories_and_readdir(mnt):
     assert os.listdir(mnt) == []
 
 
+def raw_entries(path) -> dict[str, int]:
+    """readdir as the kernel passes it on, "." and ".." included: name -> inode number."""
+    out = subprocess.run(["ls", "-a1if", path], capture_output=True, text=True, check=True)
+    return {name: int(ino) for ino, name in (line.split(None, 1)
+                                             for line in out.stdout.splitlines())}
+
+
+def test_dot_and_dotdot(mnt):
+    d = os.path.join(mnt, "d")
+    os.makedirs(os.path.join(d, "sub"))
+    open(os.path.join(d, "f"), "w").close()
+    root = os.stat(mnt).st_ino
+    assert raw_entries(d) == {".": os.stat(d).st_ino, "..": root, "sub": os.stat(
+        os.path.join(d, "sub")).st_ino, "f": os.stat(os.path.join(d, "f")).st_ino}
+    assert raw_entries(mnt)["."] == root  # (ls shows the mount point's own parent for "..")
+    os.rename(os.path.join(d, "sub"), os.path.join(mnt, "moved"))
+    assert raw_entries(os.path.join(mnt, "moved"))[".."] == root
+    assert raw_entries(os.path.join(mnt, "moved", "."))["."] == raw_entries(mnt)["moved"]
+    assert sorted(raw_entries(os.path.join(mnt, "moved"))) == [".", ".."]
+
+
 def test_rename(mnt):
     a, b, d, e = (os.path.join(mnt, n) for n in ("a", "b", "d", "e"))
     open(a, "w").write("A")
