@@ -12,7 +12,9 @@ bytes as they were at one instant. Two ways, neither moves set data through the 
 * **clone** (parity/ec sets, and mirror sets that are not fully healthy): each live member's
   appliance copies its region locally (the appliance's CLONE op); the snapshot set has the
   source's scheme, the clones as members, and the source members' states and dirty stripes,
-  so it keeps the redundancy the source had.
+  so it keeps the redundancy the source had. Its record is stored at once, before the
+  caller's commit, so that a crash in between leaves nothing the next mount's sweep cannot
+  free.
 
 Use, for all the sets of one snapshot together, with every stripe lock of every set held
 (``quiesce``: claim 10, no write in flight; several sets are quiesced in ascending order):
@@ -243,6 +245,15 @@ async def _clone(snap: SetSnapshot) -> None:
         else:
             members.append(_placeholder(m.appliance, m.size, None))
     snap.membership = _membership(s, snap.set_id, members)
+    # stored now, before the caller's journal commit: after a crash before that commit the
+    # clones are named by the record of a set the journal never heard of, which the next
+    # mount's leak sweep frees (an appliance frees a region only with its key)
+    try:
+        await _save(s.pool, snap.membership, {})
+    except SetError:
+        await _free_all(s.pool, snap._clones)
+        snap._clones = []
+        raise
     log.info("set %s: %d members cloned in their appliances as snapshot set %s", s.set_id,
              len(clones), snap.set_id)
 
@@ -260,10 +271,13 @@ def snapshot_set(snap: SetSnapshot) -> ResiliencySet:
 
 
 async def undo(snap: SetSnapshot) -> None:
-    """Revert ``take`` (before the caller journals the snapshot): clones are freed (best
-    effort, errors logged); a split was only decided."""
+    """Revert ``take`` (before the caller journals the snapshot): a clone's record is
+    deleted and its regions freed (best effort, errors logged; what is left, the next
+    mount's sweep frees); a split was only decided."""
     snap._detached = None
     snap.method = None
+    if snap._clones:
+        await _delete_record(snap.source.pool, snap.source.owner, snap.set_id)
     await _free_all(snap.source.pool, snap._clones)
     snap._clones = []
 
@@ -317,6 +331,16 @@ async def _save(pool: AppliancePool, m: Membership, generations: dict[str, int])
                                 [a for a in pool.up() if a not in targets])
     if targets and len(failed) == len(targets):
         raise SetUnavailable(f"set {m.set_id!r}: no member took its record")
+
+
+async def _delete_record(pool: AppliancePool, owner: str, set_id: str) -> None:
+    name = records.record_name(set_id)
+    for address in pool.up():
+        with trio.CancelScope(shield=True), trio.move_on_after(pool.timeout * 2):
+            try:
+                await (await pool.client(address)).record_delete(owner, name)
+            except TransportError as e:
+                log.warning("could not delete record %s on %s: %s", name, address, e)
 
 
 async def _free_all(pool: AppliancePool, handles) -> None:

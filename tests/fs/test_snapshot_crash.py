@@ -10,8 +10,10 @@ import stat
 import pytest
 import trio
 
+from resilfs.codec import make_codec
 from resilfs.fs.backing import SetBacking, set_name
 from resilfs.fs.data import FileData
+from resilfs.fs.errors import FsError
 from resilfs.fs.journal import Journal
 from resilfs.fs.journal_appliance import ApplianceJournalStore
 from resilfs.fs.metadata import Metadata
@@ -20,6 +22,8 @@ from resilfs.fs.state import ROOT_INODE
 from resilfs.fs.sweep import known_sets, sweep
 from resilfs.sets import AppliancePool
 from resilfs.sets import membership as records
+from resilfs.sets import snapshot as setsnap
+from resilfs.sets.errors import SetError
 from resilfs.transport import connect
 from tests import appliances as fixtures
 
@@ -44,12 +48,14 @@ class Fs:
         self.state = journal.state
 
     @classmethod
-    async def mount(cls, apps, secret, *, fresh: bool = False) -> "Fs":
+    async def mount(cls, apps, secret, *, fresh: bool = False,
+                    scheme: str = "mirror:2") -> "Fs":
         pool = await AppliancePool.create([a.address for a in apps],
                                           functools.partial(connect, secret=secret))
         journal = await Journal.load(ApplianceJournalStore(pool, OWNER))
         if fresh:
-            Metadata.format(journal, 0, 0, set_size=SET_SIZE)
+            Metadata.format(journal, 0, 0, set_size=SET_SIZE, scheme=scheme,
+                            codec=make_codec(scheme, 64 * 1024).backend)
             await journal.commit()
         md = Metadata(journal)
         fmt = journal.state.format
@@ -163,11 +169,13 @@ def _regions(loaded):
     return {(x.appliance, x.region_id) for x in m.members if x.region_id}
 
 
-def test_crash_before_the_commit(launcher, appliances):
+@pytest.mark.parametrize("scheme", ["mirror:2", "parity:2+1"])
+def test_crash_before_the_commit(launcher, appliances, scheme):
     """The daemon died while the snapshot was being journaled: nothing of it is visible
-    after the next mount, every region is where it was, and nothing leaked."""
+    after the next mount, every region is where it was, and nothing leaked (mirror:2
+    splits, decided only; parity clones every member, whose regions the sweep frees)."""
     async def main(apps, secret):
-        fs = await Fs.mount(apps, secret, fresh=True)
+        fs = await Fs.mount(apps, secret, fresh=True, scheme=scheme)
         data = os.urandom(SIZE)
         ino = await fs.write(b"f", data)
         regions = await fs.regions()
@@ -188,9 +196,38 @@ def test_crash_before_the_commit(launcher, appliances):
         assert fs.snapshots.by_name(b"s") is None and not fs.state.snapsets
         assert await fs.regions() == regions == await fs.referenced()
         assert await fs.read(ino) == data
-        for set_id in fs.state.allocator.set_sizes():  # both members, as before
+        for set_id in fs.state.allocator.set_sizes():  # every member, as before
             m, _ = await records.load(fs.pool, OWNER, set_name(set_id))
-            assert [x.state for x in m.members] == ["ok", "ok"]
+            assert {x.state for x in m.members} == {"ok"}
+        await fs.crash()
+
+    run(appliances, launcher.secret, main)
+
+
+def test_a_failed_clone_snapshot_leaves_nothing(launcher, appliances, monkeypatch):
+    """A clone's record is stored before the commit; a snapshot that fails after that (here
+    one set's take, after its clone) deletes that record and frees the clones: nothing is
+    left for the sweep, and the file is as it was."""
+    async def main(apps, secret):
+        fs = await Fs.mount(apps, secret, fresh=True, scheme="parity:2+1")
+        data = os.urandom(SIZE)
+        ino = await fs.write(b"f", data)
+        regions = await fs.regions()
+        original, taken = setsnap.take, []
+
+        async def take(snap):
+            await original(snap)
+            taken.append(snap)
+            if len(taken) == 1:
+                raise SetError("injected after the clone")
+
+        monkeypatch.setattr(setsnap, "take", take)
+        with pytest.raises(FsError):
+            await fs.snapshots.create(ino, b"s")
+        assert len(taken) == 3 and all(snap.method is None for snap in taken)
+        assert await fs.regions() == regions
+        assert set(await records.list_sets(fs.pool, OWNER)) == known_sets(fs.state)
+        assert fs.snapshots.by_name(b"s") is None and await fs.read(ino) == data
         await fs.crash()
 
     run(appliances, launcher.secret, main)
