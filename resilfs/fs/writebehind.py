@@ -3,13 +3,15 @@ whole blocks (a page cache inside the daemon, as S3QL's block cache).
 
 What is cached. Each set's bytes are cut into blocks of ``block_size`` bytes (a multiple of
 the data stripe: a whole block is a full-stripe write). ``write_behind`` (FileData's
-writes, into space the file maps or has reserved) copies data shorter than a block into
-its blocks and returns at once; longer data is already efficient to write and goes
-through. A write through (``write``; also truncate's zeroing) updates the bytes of the
-blocks it touches that are cached, so that a later flush never writes older bytes over it
-(space freed by one file and reused by another). The journal makes a MAP record durable
-only after the data it maps (``FileData.flush_mapped``), so a crash still leaves space
-whose data never reached the sets free.
+writes, into space the file maps or has reserved) writes the whole blocks a write covers
+through (already full-stripe writes) and copies the rest, a write shorter than a block or
+the partial blocks at either end of a longer one, into its blocks, and returns; so a run
+of writes that do not fall on block boundaries (the kernel's writeback) still reaches the
+set as full-stripe writes. A write through (``write``; also truncate's zeroing) updates
+the bytes of the blocks it touches that are cached, so that a later flush never writes
+older bytes over it (space freed by one file and reused by another). The journal makes a
+MAP record durable only after the data it maps (``FileData.flush_mapped``), so a crash
+still leaves space whose data never reached the sets free.
 
 Reads. ``read_into`` reads the set and lays the cached bytes over what it read; a range
 the cache holds entirely is not read from the set. The blocks are looked up when the read
@@ -210,17 +212,28 @@ class WriteBehind(Backing):
                     block.valid.add(lo - block.start, hi - block.start)
 
     async def write_behind(self, writes) -> None:
-        """Copy the writes shorter than a block into the cache (all before any await),
-        write the others through, then wait while the cache is over its limit. Writes
-        into a set that lost deferred writes go through (DataUnavailable at once)."""
+        """Write the whole blocks that the writes cover through; copy the rest (a write
+        shorter than a block, the partial blocks at either end of a longer one) into the
+        cache, all before any await, to be flushed with its neighbours' bytes as whole
+        blocks; then wait while the cache is over its limit. Writes into a set that lost
+        deferred writes go through (DataUnavailable at once)."""
         through = []
+        bs = self.block_size
         for set_id, offset, data in writes:
             view = memoryview(data).cast("B")
-            if (len(view) >= self.block_size or set_id in self._lost
-                    or self._writing_through):
+            if set_id in self._lost or self._writing_through:
                 through.append((set_id, offset, view))
-            else:
+                continue
+            end = offset + len(view)
+            lo, hi = -(-offset // bs) * bs, end // bs * bs  # the whole blocks: [lo, hi)
+            if hi <= lo:
                 self._absorb(set_id, offset, view)
+                continue
+            if offset < lo:
+                self._absorb(set_id, offset, view[:lo - offset])
+            through.append((set_id, lo, view[lo - offset:hi - offset]))
+            if hi < end:
+                self._absorb(set_id, hi, view[hi - offset:])
         if through:
             await run_all(self.write, through)
         await self._wait_for_room()

@@ -5,6 +5,7 @@ and write and writes in two halves, so that reads, writes through, flushes and t
 background flusher interleave at every point where the product's sets could. Time is
 trio's MockClock (autojump), so ages and waits cost nothing and nothing sleeps.
 """
+import os
 import stat
 
 import pytest
@@ -320,6 +321,32 @@ def test_a_full_block_is_one_write_and_long_writes_go_through():
         assert inner.writes == 1
         await cache.write_behind([(1, 0, b"L" * BLOCK)])
         assert inner.writes == 2 and inner.sets[1][:BLOCK] == b"L" * BLOCK
+    run(main)
+
+
+def test_writes_off_block_boundaries_reach_the_set_as_whole_blocks():
+    """A long write's whole blocks go through; its ends wait in the cache and, completed by
+    the neighbouring writes (as the kernel's writeback sends them), are flushed as whole
+    blocks: no partial-block write reaches the set."""
+    async def main():
+        inner = SlowSets()
+        cache = make_cache(inner, limit=64 * BLOCK)
+        spans = []
+        original = inner.write
+
+        async def write(set_id, offset, data):
+            spans.append((offset, len(data)))
+            await original(set_id, offset, data)
+
+        inner.write = write
+        data = os.urandom(5 * BLOCK)
+        cut = [0, BLOCK // 3, BLOCK // 3 + 2 * BLOCK + 5, 5 * BLOCK]
+        for lo, hi in zip(cut, cut[1:], strict=False):
+            await cache.write_behind([(1, lo, data[lo:hi])])
+        assert spans == [(BLOCK, BLOCK), (3 * BLOCK, 2 * BLOCK)]  # the whole blocks
+        await cache.flush()
+        assert all(o % BLOCK == 0 and n % BLOCK == 0 for o, n in spans)
+        assert inner.sets[1][:5 * BLOCK] == data
     run(main)
 
 
