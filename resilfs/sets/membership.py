@@ -152,8 +152,11 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
 
     ``generations`` holds the generation last seen per appliance and is updated. An
     appliance not in it is asked first (a returning member holds an older copy; a
-    cancelled put leaves the generation unknown). Raises SetConflict if a copy changed
-    behind our back or holds a newer epoch than ours.
+    cancelled put leaves the generation unknown). A copy that is not at the generation we
+    last saw is asked for too: with no copy or an older epoch than ours the appliance is
+    behind (it came back without its memory between two saves) and takes ours. Raises
+    SetConflict if a copy holds a newer epoch than ours, or ours at another generation
+    (another client saved meanwhile).
     """
     name = record_name(membership.set_id)
     value = membership.to_bytes()
@@ -175,8 +178,21 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
                 generations[address] = got[0] if got else 0
             log.debug("put %s epoch %d to %s expecting %d", name, membership.epoch, address,
                       generations[address])
+            try:
+                generations[address] = await client.record_put(
+                    membership.owner, name, value, generations[address])
+                return
+            except RecordConflict as e:
+                generations.pop(address, None)
+                conflict = f"{address}: {e}"
+            # the copy moved: another client wrote it (same or newer epoch: a conflict), or
+            # the appliance is behind (no copy, or an older epoch): then it takes ours
+            got = await client.record_get(membership.owner, name)
+            if got is not None and _epoch(got[1]) >= membership.epoch:
+                conflicts.append(conflict)
+                return
             generations[address] = await client.record_put(
-                membership.owner, name, value, generations[address])
+                membership.owner, name, value, got[0] if got else 0)
         except RecordConflict as e:
             generations.pop(address, None)
             conflicts.append(f"{address}: {e}")

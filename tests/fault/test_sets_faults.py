@@ -15,6 +15,9 @@ import trio
 
 from resilfs.appliance.launcher import ApplianceLauncher
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, SetUnavailable, list_sets
+from resilfs.sets import membership as records
+from resilfs.sets.errors import SetConflict
+from resilfs.sets.membership import Membership, record_name
 from resilfs.transport import connect
 from resilfs.transport.base import NoSuchRegion
 from tests.fault.conftest import kill_writer_while_writing
@@ -472,4 +475,49 @@ async def test_idle_set_notices_a_killed_appliance(cluster, apps, request):
     assert victim not in s.status().members
     await shadow.check(s)
     assert (await s.scrub()).mismatched == []
+    await pool.aclose()
+
+
+async def test_an_appliance_that_lost_its_record_copy_takes_it_again(cluster, apps, request):
+    """An appliance that lost its copy of the set's record (back without its memory between
+    two saves): the next save, here after a member's appliance is killed under a write,
+    stores the record there again; it is no conflict with another client, and the write
+    goes on degraded."""
+    pool = await make_pool(cluster)
+    s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
+                                   chunk_size=CHUNK)
+    shadow = Shadow(SIZE)
+    data = os.urandom(SIZE)
+    await s.write(0, data)
+    shadow.apply(0, data)
+    name = record_name(s.set_id)
+    witness = next(a for a in pool.up() if a not in {m.appliance for m in s.members})
+    await (await pool.client(witness)).record_delete(s.owner, name)
+    await kill(cluster, s.members[1].appliance)
+    await s.write(100, b"degraded")
+    shadow.apply(100, b"degraded")
+    assert s.status().failed == (1,)
+    got = await (await pool.client(witness)).record_get(s.owner, name)
+    assert got is not None and Membership.from_bytes(got[1]).members[1].state == "failed"
+    await shadow.check(s)
+    await pool.aclose()
+
+
+async def test_a_record_another_client_saved_meanwhile_is_a_conflict(cluster, apps, request):
+    """Two clients save the set's record from the same epoch: the second one's save is
+    refused (SetConflict) and leaves the first one's record in place."""
+    pool = await make_pool(cluster)
+    s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
+                                   chunk_size=CHUNK)
+    targets = [m.appliance for m in s.members]
+    mine, my_generations = await records.load(pool, s.owner, s.set_id)
+    theirs, their_generations = await records.load(pool, s.owner, s.set_id)
+    mine.epoch += 1
+    theirs.epoch += 1
+    theirs.members[1].state = "failed"
+    await records.save(pool, theirs, their_generations, targets)
+    with pytest.raises(SetConflict):
+        await records.save(pool, mine, my_generations, targets)
+    stored, _ = await records.load(pool, s.owner, s.set_id)
+    assert stored.members[1].state == "failed"
     await pool.aclose()
