@@ -66,6 +66,17 @@ class Shadow:
         assert hashlib.sha256(buf).hexdigest() == hashlib.sha256(self.data).hexdigest()
 
 
+async def filled_set(pool: AppliancePool, scheme: str, request) -> tuple[ResiliencySet, Shadow]:
+    """A new set of ``scheme`` for this test, written whole with random data, and its shadow."""
+    s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", set_id(request),
+                                   chunk_size=CHUNK)
+    shadow = Shadow(SIZE)
+    data = os.urandom(SIZE)
+    await s.write(0, data)
+    shadow.apply(0, data)
+    return s, shadow
+
+
 async def writer(s: ResiliencySet, shadow: Shadow, lane: int, lanes: int, stop: trio.Event,
                  seed: int, count: list) -> None:
     """Random writes (partial and full stripes) to 4 KiB blocks b with b % lanes == lane."""
@@ -140,12 +151,7 @@ async def test_kill_during_writes(cluster, apps, request, scheme, mode):
 
 async def test_ec_survives_two_kills_third_is_a_clear_error(cluster, apps, request):
     pool = await make_pool(cluster)
-    s = await ResiliencySet.create(pool, "ec:4+2", None, SIZE, "fault", set_id(request),
-                                   chunk_size=CHUNK)
-    shadow = Shadow(SIZE)
-    data = os.urandom(SIZE)
-    await s.write(0, data)
-    shadow.apply(0, data)
+    s, shadow = await filled_set(pool, "ec:4+2", request)
     for victim in (0, 4):
         await kill(cluster, s.members[victim].appliance)
         piece = os.urandom(100 * KiB)
@@ -204,12 +210,7 @@ async def test_rebuild_concurrent_with_writes_to_same_stripes(cluster, apps, req
 @pytest.mark.parametrize("scheme", ["mirror:2", "ec:4+2"])
 async def test_restarted_appliance_resyncs_only_missed_stripes(cluster, apps, request, scheme):
     pool = await make_pool(cluster)
-    s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", set_id(request),
-                                   chunk_size=CHUNK)
-    shadow = Shadow(SIZE)
-    data = os.urandom(SIZE)
-    await s.write(0, data)
-    shadow.apply(0, data)
+    s, shadow = await filled_set(pool, scheme, request)
     victim = s.width - 1  # a coding member: every write changes it
     address = s.members[victim].appliance
     await kill(cluster, address)
@@ -432,12 +433,7 @@ async def test_lost_region_is_replaced_at_once(cluster, apps, request):
     """An appliance that answers but lost the region (restarted without its memory, or the
     region freed) is not waited for: the member is replaced and rebuilt whole."""
     pool = await make_pool(cluster)
-    s = await ResiliencySet.create(pool, "parity:4+1", None, SIZE, "fault", set_id(request),
-                                   chunk_size=CHUNK)
-    shadow = Shadow(SIZE)
-    data = os.urandom(SIZE)
-    await s.write(0, data)
-    shadow.apply(0, data)
+    s, shadow = await filled_set(pool, "parity:4+1", request)
     lost = s.members[4]
     await (await pool.client(lost.appliance)).free(lost.handle)
     await s.write(100, b"after")  # the parity member refuses: failed
@@ -456,12 +452,7 @@ async def test_idle_set_notices_a_killed_appliance(cluster, apps, request):
     """An appliance killed while its set sees no I/O: the worker's probe marks the member
     failed within a few seconds, and redundancy is rebuilt onto a spare."""
     pool = await make_pool(cluster)
-    s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
-                                   chunk_size=CHUNK)
-    shadow = Shadow(SIZE)
-    data = os.urandom(SIZE)
-    await s.write(0, data)
-    shadow.apply(0, data)
+    s, shadow = await filled_set(pool, "mirror:2", request)
     victim = s.members[1].appliance
     worker = RebuildWorker(replace_after=0.3, probe_interval=0.2)
     worker.watch(s)
@@ -484,12 +475,7 @@ async def test_an_appliance_that_lost_its_record_copy_takes_it_again(cluster, ap
     stores the record there again; it is no conflict with another client, and the write
     goes on degraded."""
     pool = await make_pool(cluster)
-    s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
-                                   chunk_size=CHUNK)
-    shadow = Shadow(SIZE)
-    data = os.urandom(SIZE)
-    await s.write(0, data)
-    shadow.apply(0, data)
+    s, shadow = await filled_set(pool, "mirror:2", request)
     name = record_name(s.set_id)
     witness = next(a for a in pool.up() if a not in {m.appliance for m in s.members})
     await (await pool.client(witness)).record_delete(s.owner, name)
