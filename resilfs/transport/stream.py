@@ -1,7 +1,9 @@
 """A pipelined protocol client over one connected socket: the tcp transport, and the control
 channel of the shm transport.
 
-Requests carry ids; any number are in flight at once. There is no background task: whoever
+Requests carry ids; any number are in flight at once. A call queues its request in the
+connection's outbox; the call that is sending sends it along with its own (large requests
+leave back to back, see ``_send_outbox``). There is no background task: whoever
 waits for a reply reads the socket ("the waiter reads"), receiving read data straight into
 the callers' buffers and handing every other reply to its waiter, until its own reply is in;
 then the next waiter takes over. A lone request thus costs one send and one receive with no
@@ -12,8 +14,9 @@ or a framing error) every call raises ``ApplianceUnavailable`` at once.
 Cancelling a call abandons it: its reply is discarded when it comes. A cancelled call that
 was receiving a frame finishes receiving that frame first (shielded, still bounded by the
 timeout), so the framing survives; a read cancelled while its own reply is arriving may
-still have written into the caller's buffer. A call cancelled in the middle of sending its
-request breaks the framing, so the connection is closed.
+still have written into the caller's buffer. A call cancelled while its request waits in
+the outbox abandons it as well: the request is still sent. A call cancelled in the middle of
+sending the outbox breaks the framing, so the connection is closed.
 """
 import logging
 import math
