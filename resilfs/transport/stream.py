@@ -15,8 +15,10 @@ Cancelling a call abandons it: its reply is discarded when it comes. A cancelled
 was receiving a frame finishes receiving that frame first (shielded, still bounded by the
 timeout), so the framing survives; a read cancelled while its own reply is arriving may
 still have written into the caller's buffer. A call cancelled while its request waits in
-the outbox abandons it as well: the request is still sent. A call cancelled in the middle of
-sending the outbox breaks the framing, so the connection is closed.
+the outbox takes it out (never sent); one whose request is in the batch another call is
+sending returns once that batch is in the socket, so a caller's buffer is never sent after
+its call ended. A call cancelled in the middle of sending the outbox itself breaks the
+framing, so the connection is closed.
 """
 import logging
 import math
@@ -144,6 +146,8 @@ class StreamClient(ApplianceClient):
         self._sending = False  # a call is sending the outbox
         self._outbox: list = []  # buffers of requests not sent yet, in order
         self._outbox_bytes = 0
+        self._batch: list = []  # the outbox buffers being sent now
+        self._batch_sent = trio.Event()  # set once that batch is in the socket (or failed)
         self._reading = False  # a waiter is reading replies
         self._dead: str | None = None
         self._last_progress = 0.0  # time.perf_counter() of the last frame received
@@ -309,7 +313,7 @@ class StreamClient(ApplianceClient):
             if pending.event is not None:
                 pending.event.set()
         self._pending.clear()
-        self._outbox, self._outbox_bytes = [], 0
+        self._outbox, self._outbox_bytes, self._batch = [], 0, []
         close_socket(self._sock)
         for fd in self._fds or ():
             os.close(fd)
@@ -336,7 +340,8 @@ class StreamClient(ApplianceClient):
         pending = _Pending(dest, dest_len, time.perf_counter())
         self._pending[request_id] = pending
         length = sum(map(len, parts))
-        self._outbox.append(pack_header(length, op, request_id))
+        header = pack_header(length, op, request_id)
+        self._outbox.append(header)
         self._outbox.extend(parts)
         self._outbox_bytes += HEADER_SIZE + length
         try:
@@ -357,6 +362,10 @@ class StreamClient(ApplianceClient):
                         await pending.event.wait()
                     finally:
                         pending.waiting = False
+        except BaseException:
+            if pending.status is None and self._dead is None:
+                await self._withdraw(header, len(parts), HEADER_SIZE + length)
+            raise
         finally:
             self._pending.pop(request_id, None)
         if pending.status is None:
@@ -383,7 +392,10 @@ class StreamClient(ApplianceClient):
             while self._outbox and self._dead is None:
                 buffers, nbytes = self._outbox, self._outbox_bytes
                 self._outbox, self._outbox_bytes = [], 0
+                self._batch, self._batch_sent = buffers, trio.Event()
                 await send_buffers(self._sock, buffers, timeout=self.timeout, nbytes=nbytes)
+                self._batch = []
+                self._batch_sent.set()
         except trio.Cancelled:
             self._fail("a request was cancelled while being sent")
             raise
@@ -395,6 +407,21 @@ class StreamClient(ApplianceClient):
             raise self._unavailable() from None
         finally:
             self._sending = False
+            self._batch_sent.set()  # sent, or the connection failed
+
+    async def _withdraw(self, header: bytes, parts: int, nbytes: int) -> None:
+        """A cancelled call's request (``header`` and its ``parts`` buffers), so that the
+        caller's buffers are never sent after its call ended: taken out of the outbox if it
+        is still there; if it is in the batch being sent, waited for (shielded) until the
+        batch is in the socket or the connection failed (bounded by the send timeout)."""
+        for i, buffer in enumerate(self._outbox):
+            if buffer is header:
+                del self._outbox[i:i + 1 + parts]
+                self._outbox_bytes -= nbytes
+                return
+        if any(buffer is header for buffer in self._batch):
+            with trio.CancelScope(shield=True):
+                await self._batch_sent.wait()
 
     async def _control(self, op: int, payload: bytes = b"") -> Reader:
         return Reader((await self._call(op, [payload])).payload)

@@ -163,6 +163,29 @@ async def test_large_requests_in_flight_with_cancelled_calls(client):
         await client.free(region)
 
 
+async def test_a_cancelled_write_never_sends_its_buffer_later(client):
+    """A write cancelled while a large write ahead of it is being sent (over tcp its request
+    waits in the outbox, or goes in the same batch): the buffer, changed once the call
+    ended, never reaches the region, and the connection stays up. The range holds the old
+    bytes or, if the write went out, its bytes as they were during the call."""
+    region = await client.alloc(65 * MiB, "conformance")
+    small = bytearray(b"\x11" * 4096)
+    try:
+        async def big():
+            await client.write(region, MiB, os.urandom(MiB) * 64)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(big)
+            await trio.sleep(0)  # the big write is being sent
+            with trio.move_on_after(0.001):
+                await client.write(region, 0, small)
+            small[:] = b"\xee" * 4096  # the call is over: this must never be sent
+        back = bytes(await client.read(region, 0, 4096))
+        assert back in (bytes(4096), b"\x11" * 4096)
+    finally:
+        await client.free(region)
+
+
 async def test_one_byte_ops(client):
     region = await client.alloc(1, "conformance")
     await client.write(region, 0, b"\xab")
