@@ -170,7 +170,8 @@ class IdleWait:
                     if now >= give_up:
                         break
                     os.sched_yield()
-                timeout -= now - started
+                # (not below 0: poll() takes a negative timeout as "wait forever")
+                timeout = max(timeout - (now - started), 0.0)
             # poll() rounds up to whole ms; an infinite timeout waits without any timer
             ready = self._poll.poll(None if timeout == math.inf else math.ceil(timeout * 1000))
             return any(r_fd == fd for r_fd, _ in ready)

@@ -4,6 +4,7 @@ The wait must end (returning False, so the caller parks in trio) as soon as anyt
 the trio loop could run: another task's socket, a deadline, a task already runnable, its own
 cancellation.
 """
+import os
 import socket
 import threading
 import time
@@ -110,3 +111,15 @@ async def test_spins_briefly_then_sleeps(pair):
         assert time.process_time() - cpu < 0.1
     send_later(b, 0.0).join()
     assert reader.wait_idle(1.0)
+
+
+async def test_a_spin_that_overruns_the_limit_does_not_block(pair, monkeypatch):
+    """A spin that ran past the limit (the thread was descheduled meanwhile) ends the wait
+    at once; it never turns into a wait for data without a timeout."""
+    a, b = pair
+    monkeypatch.setattr(os, "sched_yield", lambda: time.sleep(0.005))
+    thread = send_later(b, 2.0)
+    start = time.perf_counter()
+    assert not FrameReader(a, spin=0.01).wait_idle(0.001)
+    assert time.perf_counter() - start < 1.0
+    thread.join()
