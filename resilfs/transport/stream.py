@@ -15,10 +15,9 @@ Cancelling a call abandons it: its reply is discarded when it comes. A cancelled
 was receiving a frame finishes receiving that frame first (shielded, still bounded by the
 timeout), so the framing survives; a read cancelled while its own reply is arriving may
 still have written into the caller's buffer. A call cancelled while its request waits in
-the outbox takes it out (never sent); one whose request is in the batch another call is
-sending returns once that batch is in the socket, so a caller's buffer is never sent after
-its call ended. A call cancelled in the middle of sending the outbox itself breaks the
-framing, so the connection is closed.
+the outbox takes it out (never sent); one whose request is being sent (by itself or by
+another call) returns once it is in the socket, so frames are never cut short and a
+caller's buffer is never sent after its call ended.
 """
 import logging
 import math
@@ -360,6 +359,13 @@ class StreamClient(ApplianceClient):
                     pending.waiting = True
                     try:
                         await pending.event.wait()
+                    except BaseException:
+                        # cancelled: it may have been handed the reading just now; pass it
+                        # on, or the other waiters would wait for a reader forever
+                        pending.waiting = False
+                        if not self._reading:
+                            self._hand_over()
+                        raise
                     finally:
                         pending.waiting = False
         except BaseException:
@@ -380,25 +386,25 @@ class StreamClient(ApplianceClient):
         ``gather``: first let every other runnable task queue its request (one trip through
         trio's scheduler, worth it for large requests only), so that large requests leave
         back to back: the appliance is still receiving the previous one when the next one
-        starts, which makes the send cheaper (MEASURED in protocol_io's docstring). A call
-        cancelled while sending breaks the framing: the connection is failed. Raises
-        ApplianceUnavailable when the connection is lost or the appliance takes no byte for
-        ``timeout`` seconds.
+        starts, which makes the send cheaper (measured: see protocol_io's docstring).
+        Shielded from cancellation, since the outbox holds other calls' requests too and a
+        frame cut short would break the framing: a cancelled caller returns once what it is
+        sending is in the socket (or the connection failed). Raises ApplianceUnavailable
+        when the connection is lost or the appliance takes no byte for ``timeout`` seconds.
         """
         self._sending = True
         try:
-            if gather:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            while self._outbox and self._dead is None:
-                buffers, nbytes = self._outbox, self._outbox_bytes
-                self._outbox, self._outbox_bytes = [], 0
-                self._batch, self._batch_sent = buffers, trio.Event()
-                await send_buffers(self._sock, buffers, timeout=self.timeout, nbytes=nbytes)
-                self._batch = []
-                self._batch_sent.set()
-        except trio.Cancelled:
-            self._fail("a request was cancelled while being sent")
-            raise
+            with trio.CancelScope(shield=True):  # others' requests too: see the docstring
+                if gather:
+                    await trio.lowlevel.checkpoint()
+                while self._outbox and self._dead is None:
+                    buffers, nbytes = self._outbox, self._outbox_bytes
+                    self._outbox, self._outbox_bytes = [], 0
+                    self._batch, self._batch_sent = buffers, trio.Event()
+                    await send_buffers(self._sock, buffers, timeout=self.timeout,
+                                       nbytes=nbytes)
+                    self._batch = []
+                    self._batch_sent.set()
         except trio.TooSlowError:
             self._fail(f"appliance took no data for {self.timeout} s")
             raise self._unavailable() from None
