@@ -32,10 +32,10 @@ the blocks their MAP records map, unmount: ``aclose`` flushes before it closes t
 Inside ``writing_through()`` (a snapshot being taken) everything cached is flushed and
 every write goes through, so that quiescing the sets stops every write.
 
-Locks. Flushing a block and writing through it hold the block's lock (one lock per block
-while someone holds or waits for it), so a flush never writes bytes it read before a
-write through landed. Deferred writes and reads take no lock; a deferred write copies all
-its data before its first await.
+Locks. Flushing a block and writing through it hold the block's lock (a ``StripeLocks`` per
+set, one lock per block index, taken in ascending order), so a flush never writes bytes it
+read before a write through landed. Deferred writes and reads take no lock; a deferred
+write copies all its data before its first await.
 
 Failures. A flush that fails beyond the set's tolerance (DataUnavailable; any other error
 is logged with its traceback and treated alike) loses the block's dirty bytes, as the
@@ -53,6 +53,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ..sets.locks import StripeLocks
 from .data import Backing, run_all
 from .errors import DataUnavailable
 from .intervals import Intervals
@@ -102,43 +103,6 @@ class _Block:
             view[at:at + b - a] = data[a:b]
 
 
-class _BlockLocks:
-    """A trio.Lock per block key, existing while someone holds or waits for it."""
-
-    def __init__(self):
-        self._locks: dict[tuple[int, int], list] = {}  # key -> [lock, holders + waiters]
-
-    @asynccontextmanager
-    async def hold(self, keys):
-        """Hold the locks of ``keys`` (taken in ascending order: no deadlock)."""
-        taken = []
-        try:
-            for key in sorted(keys):
-                entry = self._locks.get(key)
-                if entry is None:
-                    entry = self._locks[key] = [trio.Lock(), 0]
-                entry[1] += 1
-                try:
-                    try:
-                        entry[0].acquire_nowait()
-                    except trio.WouldBlock:
-                        await entry[0].acquire()
-                except BaseException:
-                    self._leave(key, entry)
-                    raise
-                taken.append((key, entry))
-            yield
-        finally:
-            for key, entry in reversed(taken):
-                entry[0].release()
-                self._leave(key, entry)
-
-    def _leave(self, key, entry) -> None:
-        entry[1] -= 1
-        if not entry[1]:
-            del self._locks[key]
-
-
 class WriteBehind(Backing):
     """A write-behind cache over ``inner`` (see the module docstring).
 
@@ -160,7 +124,7 @@ class WriteBehind(Backing):
         self._flushing: set[tuple[int, int]] = set()  # blocks being written back
         self._memory = 0  # bytes of all cached blocks
         self._dirty_memory = 0  # bytes of the blocks in _dirty
-        self._locks = _BlockLocks()
+        self._locks: dict[int, StripeLocks] = {}  # set id -> the locks of its blocks
         self._lost: dict[int, set[int]] = {}  # set id -> blocks whose dirty bytes were lost
         self._failures = 0
         self._writing_through = 0  # callers inside writing_through()
@@ -201,7 +165,7 @@ class WriteBehind(Backing):
         view = memoryview(data).cast("B")
         first, last = self._indexes(offset, len(view))
         keys = [(set_id, i) for i in range(first, last + 1)]
-        async with self._locks.hold(keys):
+        async with self._hold(set_id, range(first, last + 1)):
             await self.inner.write(set_id, offset, view)
             for key in keys:
                 block = self._blocks.get(key)
@@ -419,12 +383,16 @@ class WriteBehind(Backing):
             await self._room.wait()
 
     # -- flushing ---------------------------------------------------------------------
+    def _hold(self, set_id: int, indexes: range):
+        """Hold the locks of blocks ``indexes`` of set ``set_id`` (``StripeLocks.hold``)."""
+        return self._locks.setdefault(set_id, StripeLocks()).hold(indexes)
+
     async def _flush_keys(self, keys) -> None:
         """Flush the blocks of ``keys``, FLUSH_PARALLEL at a time."""
         limiter = trio.CapacityLimiter(FLUSH_PARALLEL)
 
         async def one(key):
-            async with limiter, self._locks.hold([key]):
+            async with limiter, self._hold(key[0], range(key[1], key[1] + 1)):
                 block = self._blocks.get(key)
                 if block is not None and block.dirty:
                     await self._write_back(block)
