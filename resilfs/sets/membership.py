@@ -214,6 +214,17 @@ async def save(pool: AppliancePool, membership: Membership, generations: dict[st
     return [a for a in failed if a in addresses]
 
 
+async def delete(pool: AppliancePool, owner: str, set_id: str, addresses) -> None:
+    """Delete the set's record on each of ``addresses``, one after the other (best effort:
+    an appliance that fails is logged and skipped)."""
+    name = record_name(set_id)
+    for address in addresses:
+        try:
+            await (await pool.client(address)).record_delete(owner, name)
+        except TransportError as e:
+            log.warning("deleting record %s on %s: %s", name, address, e)
+
+
 def _epoch(value: bytes) -> int:
     """The epoch of a stored record; -1 for an unreadable one (it gets overwritten)."""
     try:

@@ -203,11 +203,7 @@ class ResiliencySet:
         self._closed = self._destroyed = True
         name = records.record_name(self.set_id)
         await self._each_live(lambda c: c.record_delete(self.owner, name), "record delete")
-        for address in self.pool.up():  # the witnesses' copies
-            try:
-                await (await self.pool.client(address)).record_delete(self.owner, name)
-            except TransportError as e:
-                log.warning("deleting record %s on %s: %s", name, address, e)
+        await records.delete(self.pool, self.owner, self.set_id, self.pool.up())  # witnesses
         await _free(self.pool, [m for m in self.members if m.state != FAILED])
 
     # -- membership state ---------------------------------------------------------------

@@ -277,7 +277,9 @@ async def undo(snap: SetSnapshot) -> None:
     snap._detached = None
     snap.method = None
     if snap._clones:
-        await _delete_record(snap.source.pool, snap.source.owner, snap.set_id)
+        pool = snap.source.pool
+        with trio.CancelScope(shield=True):
+            await records.delete(pool, snap.source.owner, snap.set_id, pool.up())
     await _free_all(snap.source.pool, snap._clones)
     snap._clones = []
 
@@ -331,16 +333,6 @@ async def _save(pool: AppliancePool, m: Membership, generations: dict[str, int])
                                 [a for a in pool.up() if a not in targets])
     if targets and len(failed) == len(targets):
         raise SetUnavailable(f"set {m.set_id!r}: no member took its record")
-
-
-async def _delete_record(pool: AppliancePool, owner: str, set_id: str) -> None:
-    name = records.record_name(set_id)
-    for address in pool.up():
-        with trio.CancelScope(shield=True), trio.move_on_after(pool.timeout * 2):
-            try:
-                await (await pool.client(address)).record_delete(owner, name)
-            except TransportError as e:
-                log.warning("could not delete record %s on %s: %s", name, address, e)
 
 
 async def _free_all(pool: AppliancePool, handles) -> None:
