@@ -25,10 +25,16 @@ sysdeps:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
 
 # The venv with pinned build tools, the package (editable) and its test extras.
-$(VENV)/.installed: setup.cfg setup.py pyproject.toml | sysdeps
+# Packages are built without isolation, so every build requirement of a dependency that
+# comes as an sdist is installed here first: pyfuse3's is setuptools_scm (without it the
+# sdist builds as version 0.0.0 and pip refuses it). constraints.txt pins every package
+# that is installed, direct or not.
+BUILD_TOOLS := setuptools wheel Cython setuptools_scm packaging
+PIP := $(VPY) -m pip install -q --disable-pip-version-check -c constraints.txt
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml constraints.txt | sysdeps
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check setuptools==80.9.0 wheel==0.45.1 Cython==3.1.8
-	$(VPY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
+	$(PIP) $(BUILD_TOOLS)
+	$(PIP) --no-build-isolation -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
