@@ -13,7 +13,7 @@ import json
 import logging
 import os
 
-from ..transport.base import RecordConflict
+from ..protocol import RecordConflict
 
 log = logging.getLogger(__name__)
 
