@@ -47,7 +47,7 @@ from collections.abc import Sequence
 
 import trio
 
-from ..codec.kernels import copy_into
+from ..copy import copy_into
 from ..protocol import REGION_REF, U64, Op, shm_socket_name, split_address
 from .base import NoSpace, NoSuchRegion, RegionHandle
 from .ranges import byte_view, check_range
