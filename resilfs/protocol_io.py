@@ -49,7 +49,8 @@ from .protocol import HEADER_SIZE, unpack_header
 
 IOV_MAX = 1024
 BUFFER_SIZE = 256 * 1024
-DIRECT_THRESHOLD = 64 * 1024  # payload pieces at least this large bypass the buffer
+RECV_INTO_MIN = 64 * 1024  # payload pieces at least this large are received straight into
+# the caller's buffer, bypassing the connection's own
 READ_AHEAD = 16 * 1024  # bytes a buffered read asks for beyond what it needs
 
 
@@ -320,7 +321,7 @@ class FrameReader:
             self._start += take
         pos = take
         while pos < n:
-            if n - pos >= DIRECT_THRESHOLD:
+            if n - pos >= RECV_INTO_MIN:
                 got = await self._recv_into(dest[pos:])
                 if not got:
                     raise ConnectionClosed("connection closed by peer")

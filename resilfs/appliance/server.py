@@ -56,7 +56,7 @@ from ..protocol import (
     unpack_targets,
 )
 from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
-from .forward import Forwarder, fold
+from .peers import Forwarder, fold
 from .store import STATUS_SLOTS, check_range
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ refused with NoSuchRegion from then on. A write that races with another client's
 concurrent free may land in the freed memory, which nobody can read any more (each region
 has its own memfd, never reused); a read that races with it raises NoSuchRegion.
 
-Direct access (shm only): ``view(region, offset, length)`` returns a memoryview of the
+Mapped views (shm only): ``view(region, offset, length)`` returns a memoryview of the
 region's bytes in this process's mapping, after the same key and status-table checks, so a
 caller (the resiliency sets) can encode into, decode from, or copy between regions without
 an intermediate buffer; ``check_live(region)`` repeats the free check after reading through
