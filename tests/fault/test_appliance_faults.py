@@ -281,7 +281,9 @@ async def test_source_freed_during_clone_leaks_nothing(launcher):
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(clone)
-        await trio.sleep(0.001)
+        with trio.fail_after(HANG_GUARD):  # the clone has begun: its copy is allocated
+            while (await freer.stat()).used < 2 * 256 * MiB:
+                await trio.sleep(0.001)
         await freer.free(region)
     for copy in copies:  # the clone finished first: the copy is a region of its own
         await cloner.free(copy)

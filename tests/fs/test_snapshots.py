@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from resilfs.appliance.launcher import ApplianceLauncher, free_port
+from resilfs.fs.backing import CAPACITY_CACHE
 from tests.fs.conftest import FsCluster, make_cluster
 from tests.fs.mounting import run_cli, write_cluster
 
@@ -146,7 +147,7 @@ def test_snapshot_modify_restore_delete(cluster):
     assert all(s["state"] in ("degraded", "rebuilding", "healthy") for s in status["sets"])
     assert wait_for(lambda: all(s["state"] == "healthy" for s in json.loads(
         os.getxattr(mnt, "user.resilfs.status"))["sets"]), 60)
-    time.sleep(2.5)  # statfs caches the appliances' free space for 2 s
+    time.sleep(CAPACITY_CACHE + 0.5)  # statfs's figure from before the rebuild expires
     free_with = free_bytes(mnt)
     os.setxattr(mnt, DELETE, b"s1")
     assert not os.path.exists(s)
@@ -215,7 +216,8 @@ def test_snapshot_while_writing(cluster):
             # ... and it had started before the call returned: at most the one in flight
             # after the last version completed before the return
             assert version <= max((v for v, t in done.items() if t <= end), default=0) + 1
-            time.sleep(0.2)
+            logged = os.path.getsize(log_path)  # the next snapshot sees the writer go on
+            assert wait_for(lambda n=logged: os.path.getsize(log_path) > n)
     finally:
         writer.terminate()
         writer.wait(10)
@@ -281,7 +283,8 @@ def test_snapshot_of_a_file_on_several_sets_is_one_instant(cluster):
             for off in offsets:
                 expected[off:off + 4096] = data[off:off + 4096]
             assert data == expected
-            time.sleep(0.1)
+            logged = os.path.getsize(log_path)  # the next snapshot sees the writer go on
+            assert wait_for(lambda n=logged: os.path.getsize(log_path) > n)
         log = cluster.mounts[-1].log_tail(100)
         assert "sets [1, 2, 3] (data-1: split, data-2: split, data-3: split)" in log, log
     finally:
@@ -614,7 +617,8 @@ def test_directory_snapshot_is_one_instant(cluster):
             vx, vy = (int(re.match(rb"<v(\d+)>", data).group(1)) for data in (x, y))
             assert x == stamp(vx, size) and y == stamp(vy, size)
             assert vx in (vy, vy + 1), (vx, vy)
-            time.sleep(0.1)
+            logged = os.path.getsize(log_path)  # the next snapshot sees the writer go on
+            assert wait_for(lambda n=logged: os.path.getsize(log_path) > n)
     finally:
         writer.terminate()
         writer.wait(10)
