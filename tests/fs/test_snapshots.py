@@ -453,21 +453,19 @@ def _status(mnt) -> dict:
 def _snapshot_frozen_after(daemon, path, name, ports):
     """Snapshot ``path``; the daemon is stopped (SIGSTOP) the moment the call returns, so
     the appliance byte counters see the call and nothing of the background work after
-    it. Returns (bytes moved, seconds)."""
+    it. Returns the bytes the appliances moved."""
     before = sum(_metrics_bytes(port) for port in ports)
-    t0 = time.monotonic()
     try:
         os.setxattr(path, SNAP, name)
-        took = time.monotonic() - t0
         daemon.send_signal(signal.SIGSTOP)
-        return sum(_metrics_bytes(port) for port in ports) - before, took
+        return sum(_metrics_bytes(port) for port in ports) - before
     finally:
         daemon.send_signal(signal.SIGCONT)
 
 
 def test_mirror_snapshot_moves_no_file_data(tmp_path):
     """1 GiB mirrored file: the snapshot call moves none of its bytes over the transport
-    (appliance byte counters) and takes far less time than copying it.
+    (appliance byte counters). (How long it takes is for scripts/bench_snapshot.py.)
 
     Only the call is counted: the background rebuild of the split set may start any time
     after the stripes are released (at the rebuild worker's next look, within 0.25 s), and
@@ -491,12 +489,10 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
             p = os.path.join(mnt, "big")
             size = 1 << 30
             block = os.urandom(1 << 20)
-            t0 = time.monotonic()
             with open(p, "wb") as f:
                 for _ in range(size >> 20):
                     f.write(block)
                 os.fsync(f.fileno())
-            write_time = time.monotonic() - t0
             counts = []
             for attempt in range(3):
                 name = f"big{attempt}".encode()
@@ -506,12 +502,11 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
                            for s in _status(mnt)["sets"])
                 assert wait_for(lambda: all(s["state"] == "healthy"
                                             for s in _status(mnt)["sets"]), 120)
-                if counts[-1][0] < 1 << 20:
+                if counts[-1] < 1 << 20:
                     break
                 os.setxattr(mnt, DELETE, name)
-            moved, took = min(counts)
+            moved = min(counts)
             assert moved < 1 << 20, f"bytes crossed the transport: {counts}"
-            assert took < write_time / 10, (took, write_time)
             view = os.path.join(mnt, ".snapshots", name.decode())
             assert os.stat(view).st_size == size
             with open(view, "rb") as f:
