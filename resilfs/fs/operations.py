@@ -110,6 +110,7 @@ class Operations(pyfuse3.Operations):
         if self.read_only or (ino is not None and self.snapshots is not None
                               and self.snapshots.frozen(ino, name)):
             raise pyfuse3.FUSEError(errno.EROFS)
+        self.journal.check_room()  # EIO while too many changes wait for a failing commit
 
     def _open_handle(self, ino: int) -> int:
         fh = self._next_fh
@@ -144,8 +145,6 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable(inode)
-        if fields.update_size:
-            await self.data.truncate(inode, attr.st_size)
         changes = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
@@ -159,6 +158,9 @@ class Operations(pyfuse3.Operations):
             changes["mtime"] = attr.st_mtime_ns
         if fields.update_ctime:
             changes["ctime"] = attr.st_ctime_ns
+        self.metadata.check_attrs(**changes)  # before the size changes: a refusal changes nothing
+        if fields.update_size:
+            await self.data.truncate(inode, attr.st_size)
         if changes or not fields.update_size:
             self.metadata.setattr(inode, **changes)
         return self._attrs(self.metadata.inode(inode))
