@@ -61,6 +61,9 @@ class JournalStore(ABC):
     leaves the same two outcomes.
     """
 
+    #: the version of the format the store keeps its records in (None: not versioned)
+    format_version: int | None = None
+
     @abstractmethod
     async def load(self) -> tuple[bytes | None, list[bytes]]:
         """The newest checkpoint blob (None before the first) and the batches appended after it."""
@@ -133,8 +136,9 @@ class Journal:
         """JournalBacklog if ``MAX_BACKLOG`` records already wait for a commit (which can
         only happen while commits fail): the place to refuse a change before it starts."""
         if len(self._queued) >= self.MAX_BACKLOG:
-            raise JournalBacklog(f"{len(self._queued)} metadata changes wait for a commit "
-                                 f"that fails: {self.last_failure}")
+            why = f" that fails: {self.last_failure}" if self.last_failure else ""
+            raise JournalBacklog(f"{len(self._queued)} metadata changes wait for a "
+                                 f"commit{why}")
 
     def record(self, record: tuple) -> None:
         """Encode ``record``, apply it to the state and queue it for the next commit.
