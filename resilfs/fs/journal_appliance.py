@@ -37,6 +37,7 @@ A checkpoint writes generation G+1's parts everywhere, then moves ``fs-super`` t
 (the switch), then deletes generation G. TransportError from too many copies becomes
 JournalUnavailable.
 """
+import itertools
 import json
 import logging
 import struct
@@ -147,11 +148,10 @@ def _split(data: bytes, stamp, prefix_name, first: int = 0) -> dict[str, bytes]:
 class ApplianceJournalStore(JournalStore):
     """Journal batches and checkpoints as records on the first ``COPIES`` appliances."""
 
-    format_version = FORMAT
-
     def __init__(self, pool, owner: str, copies: int = COPIES):
         self.pool = pool
         self.owner = owner
+        self.format_version = FORMAT  # of what the appliances hold (1 until rewritten)
         self.addresses = pool.addresses[:copies]
         self.needed = min(2, len(self.addresses))
         self._super = Super(0, 0, 0, 0, 0)  # the current superblock (epoch: as loaded)
@@ -162,6 +162,7 @@ class ApplianceJournalStore(JournalStore):
         self._chosen: dict[str, bytes] = {}  # the records the loaded state is made of
         self._holders: dict[str, set[str]] = {}  # which copies hold them as chosen
         self._garbage: dict[str, set[str]] = {}  # per copy: records of no loaded state
+        self._upgrade = None  # (generation, checkpoint, batches) loaded from format 1
 
     # -- helpers ----------------------------------------------------------------------
     async def _on_all(self, call, what: str) -> dict:
@@ -268,17 +269,23 @@ class ApplianceJournalStore(JournalStore):
         if len(copies) < self.needed:
             raise JournalUnavailable(f"metadata journal: {len(copies)} appliances answered, "
                                      f"{self.needed} needed")
-        found = {}
+        found, old = {}, []
         for address, got in supers.items():
             if got is None:
                 continue
             sup = Super.decode(got[1])
-            if sup is None:
-                log.warning("journal copy on %s: damaged superblock ignored", address)
-            else:
+            if sup is not None:
                 found[address] = sup
+            elif (generation := _format1_generation(got[1])) is not None:
+                old.append(generation)
+            else:
+                log.warning("journal copy on %s: damaged superblock ignored", address)
         names = sorted({n for ns in copies.values() for n in ns if n.startswith("fs-")})
         raw = await self._read_all(copies, names)
+        self._upgrade = None
+        self.format_version = FORMAT
+        if old and not found:
+            return self._load_format1(copies, raw, max(old))
         stamps = [p.stamp[0] for vs in raw.values() for v in vs.values()
                   if (p := Part.decode(v)) is not None]
         self._epoch = max([s.epoch for s in found.values()] + stamps, default=0) + 1
@@ -382,12 +389,68 @@ class ApplianceJournalStore(JournalStore):
         self._next = number
         return batches
 
+    def _load_format1(self, copies, raw, generation: int):
+        """Format 1 (before the format had a version): a JSON superblock, bare checkpoint
+        parts, log records of a flag byte ("ends a batch") and data, any copy as good as
+        another. Loaded as it was; ``_settle`` rewrites it in this format."""
+        self.format_version = 1
+        parts = []
+        for i in itertools.count():
+            name = f"fs-ckpt-{generation}-{i}"
+            if name not in raw:
+                break
+            parts.append(next(iter(raw[name].values())))
+        blob = b"".join(parts) if parts else None
+        batches, current = [], []
+        for number in itertools.count():
+            values = raw.get(self._log_name(generation, number))
+            if not values:
+                break
+            value = next(iter(values.values()))
+            current.append(value[1:])
+            if value[0] == 1:
+                batches.append(b"".join(current))
+                current = []
+        self._upgrade = (generation + 1, blob, batches)
+        self._epoch = 1
+        self._super = Super(0, generation, 0, 0, 0)
+        self._chosen, self._holders = {}, {}
+        self._garbage = {a: {n for n in ns if n.startswith(("fs-log-", "fs-ckpt-"))}
+                         for a, ns in copies.items()}
+        self._settled = False
+        log.info("metadata in format 1 (generation %d): it is rewritten in format %d before "
+                 "the first change", generation, FORMAT)
+        return blob, batches
+
+    async def _rewrite(self) -> set[str]:
+        """Write format 1's loaded checkpoint and batches as generation G+1 of this format
+        (to ``needed`` copies at least); return the names written."""
+        generation, blob, batches = self._upgrade
+        values, sup = {}, Super(self._epoch, generation, 0, 0, 0)
+        if blob is not None:
+            values = _split(blob, self._stamp(), lambda i: f"fs-ckpt-{generation}-{i}")
+            sup = Super(self._epoch, generation, len(values), len(blob), zlib.crc32(blob))
+        number = 0
+        for batch in batches:
+            log_values = _split(batch, self._stamp(),
+                                lambda n: self._log_name(generation, n), number)
+            number += len(log_values)
+            values.update(log_values)
+        await self._on_all(lambda c: self._put_all(c, values),
+                           f"rewriting the metadata as generation {generation}")
+        self._super, self._next, self._upgrade = sup, number, None
+        return set(values)
+
     async def _settle(self) -> None:
         """Before the first write after ``load``: copy the loaded records to the copies
         that lack them (each must end on ``needed`` copies), write the superblock in this
         client's epoch, delete what belongs to no loaded state (best effort)."""
         if self._settled:
             return
+        if self._upgrade is not None:
+            written = await self._rewrite()
+            for names in self._garbage.values():
+                names -= written
         missing: dict[str, dict[str, bytes]] = {}
         for name, value in self._chosen.items():
             for address in self.addresses:
@@ -399,6 +462,7 @@ class ApplianceJournalStore(JournalStore):
         await self._on_all(lambda c: _store(c, self.owner, SUPER, sup.encode()), "superblock")
         self._super = sup
         self._settled = True
+        self.format_version = FORMAT
         self._chosen, self._holders = {}, {}
         garbage, self._garbage = self._garbage, {}
         await self._delete(garbage)
@@ -441,6 +505,15 @@ class ApplianceJournalStore(JournalStore):
 
     async def aclose(self) -> None:
         """Nothing to release: the pool belongs to the mount."""
+
+
+def _format1_generation(value: bytes) -> int | None:
+    """The generation a format-1 superblock (bare JSON) names; None if it is not one."""
+    try:
+        doc = json.loads(value)
+        return doc["generation"] if "format" not in doc else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 async def _store(client, owner: str, name: str, value: bytes) -> None:

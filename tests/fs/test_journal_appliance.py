@@ -1,18 +1,20 @@
 """The appliance journal store on real appliance processes: durability, copies, compaction."""
 import errno
 import functools
+import json
 import stat
+import zlib
 
 import pytest
 import trio
 
-from resilfs.fs import records
+from resilfs.fs import journal_appliance, records
 from resilfs.fs.errors import FsError
-from resilfs.fs.journal import Journal
+from resilfs.fs.journal import Journal, encode_checkpoint
 from resilfs.fs.journal_appliance import SUPER, ApplianceJournalStore, JournalUnavailable
 from resilfs.fs.metadata import Metadata
 from resilfs.fs.records import Op
-from resilfs.fs.state import ROOT_INODE
+from resilfs.fs.state import ROOT_INODE, State
 from resilfs.sets import AppliancePool
 from resilfs.transport import connect
 from tests import appliances as fixtures
@@ -237,5 +239,59 @@ def test_commits_that_keep_failing_bound_the_backlog(launcher, appliances):
         await pool.aclose()
         pool, store = await open_store(appliances, launcher.secret)
         assert (await Journal.load(store)).state.snapshot() == expected
+        await pool.aclose()
+    trio.run(main)
+
+
+def test_format1_is_read_and_rewritten_in_the_current_format(launcher, appliances):
+    """Metadata written before the format had a version (format 1: a bare JSON superblock,
+    bare checkpoint parts, log records of a flag byte and data) loads as it was and is
+    rewritten in the current format before the first change."""
+    async def main():
+        state_journal = Journal(None, State())
+        Metadata.format(state_journal, 0, 0)
+        md = Metadata(state_journal)
+        md.create(ROOT_INODE, b"in-checkpoint", stat.S_IFREG, 0, 0)
+        blob = encode_checkpoint(state_journal.state)
+        covered = state_journal.queued
+        md.create(ROOT_INODE, b"in-log", stat.S_IFREG, 0, 0)
+        batch = records.encode(state_journal._queued[covered:])
+        image = {SUPER: json.dumps({"generation": 3, "parts": 1}).encode(),
+                 "fs-ckpt-3-0": blob, "fs-log-3-0": b"\x00" + batch[:10],
+                 "fs-log-3-1": b"\x01" + batch[10:]}
+        pool, store = await open_store(appliances, launcher.secret)
+        for app in appliances:
+            await make_hold(pool, app, image)
+        journal = await Journal.load(store)
+        assert store.format_version == 1
+        assert journal.state.snapshot() == state_journal.state.snapshot()
+        Metadata(journal).create(ROOT_INODE, b"new", stat.S_IFREG, 0, 0)
+        await journal.commit()
+        assert store.format_version == journal_appliance.FORMAT
+        expected = journal.state.snapshot()
+        for app in appliances:
+            held = await records_of(pool, app)
+            assert journal_appliance.Super.decode(held.pop(SUPER)) is not None
+            assert all(journal_appliance.Part.decode(v) for v in held.values()), held.keys()
+        await pool.aclose()
+        pool, store = await open_store(appliances, launcher.secret)
+        assert (await Journal.load(store)).state.snapshot() == expected
+        await pool.aclose()
+    trio.run(main)
+
+
+def test_newer_format_is_refused(launcher, appliances):
+    async def main():
+        pool, store = await open_store(appliances, launcher.secret)
+        journal = await Journal.load(store)
+        Metadata.format(journal, 0, 0)
+        await journal.commit()
+        body = json.dumps({"format": journal_appliance.FORMAT + 1, "epoch": 9}).encode()
+        newer = journal_appliance.SUPER_MAGIC + zlib.crc32(body).to_bytes(4, "little") + body
+        for app in appliances:
+            held = await records_of(pool, app)
+            await make_hold(pool, app, {**held, SUPER: newer})
+        with pytest.raises(journal_appliance.FormatTooNew, match="format 3"):
+            await Journal.load(store)
         await pool.aclose()
     trio.run(main)
