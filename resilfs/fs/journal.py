@@ -81,6 +81,11 @@ class JournalStore(ABC):
     async def aclose(self) -> None:
         """Release what the store holds open."""
 
+    @abstractmethod
+    def finish_copies_in(self, nursery: trio.Nursery | None) -> None:
+        """Where a store that keeps several copies may finish, in the background, the
+        copies an append did not wait for (None: appends wait for every copy again)."""
+
 
 class Journal:
     """Records changes to a ``State`` and makes them durable in a ``JournalStore``."""
@@ -235,17 +240,25 @@ class JournalWorker:
         self._stopped = trio.Event()
 
     async def run(self) -> None:
-        while not self._stopped.is_set():
-            with trio.move_on_after(self.interval):
-                await self.journal.commit_needed.wait()
-            self.journal.commit_needed = trio.Event()
+        """The loop; it also hosts the copies that appends leave to finish in the
+        background (``JournalStore.finish_copies_in``), and waits for them at the end."""
+        store = self.journal.store
+        async with trio.open_nursery() as late_copies:
+            store.finish_copies_in(late_copies)
             try:
+                while not self._stopped.is_set():
+                    with trio.move_on_after(self.interval):
+                        await self.journal.commit_needed.wait()
+                    self.journal.commit_needed = trio.Event()
+                    try:
+                        await self.journal.commit()
+                        if self.journal.wants_checkpoint():
+                            await self.journal.checkpoint()
+                    except Exception:
+                        log.exception("metadata commit failed; records stay queued")
                 await self.journal.commit()
-                if self.journal.wants_checkpoint():
-                    await self.journal.checkpoint()
-            except Exception:
-                log.exception("metadata commit failed; records stay queued")
-        await self.journal.commit()
+            finally:
+                store.finish_copies_in(None)
 
     def stop(self) -> None:
         self._stopped.set()

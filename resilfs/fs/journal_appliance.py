@@ -163,14 +163,25 @@ class ApplianceJournalStore(JournalStore):
         self._holders: dict[str, set[str]] = {}  # which copies hold them as chosen
         self._garbage: dict[str, set[str]] = {}  # per copy: records of no loaded state
         self._upgrade = None  # (generation, checkpoint, batches) loaded from format 1
+        self._late: trio.Nursery | None = None  # see finish_copies_in
+
+    def finish_copies_in(self, nursery: trio.Nursery | None) -> None:
+        """Appends return once ``needed`` copies stored them; the others finish in
+        ``nursery`` (None: appends wait for every copy)."""
+        self._late = nursery
 
     # -- helpers ----------------------------------------------------------------------
-    async def _on_all(self, call, what: str) -> dict:
+    async def _on_all(self, call, what: str, *, quorum: bool = False) -> dict:
         """Run ``call(client)`` on every copy; return {address: result} of the ones that
-        answered. JournalUnavailable when fewer than ``needed`` answered."""
+        answered. JournalUnavailable when fewer than ``needed`` answered. With ``quorum``
+        and a background nursery (``finish_copies_in``), return as soon as ``needed``
+        answered; the other copies finish in that nursery."""
         results = {}
+        left = len(self.addresses)
+        enough = trio.Event()
 
         async def one(address):
+            nonlocal left
             try:
                 client = await self.pool.client(address)
                 results[address] = await call(client)
@@ -178,10 +189,20 @@ class ApplianceJournalStore(JournalStore):
                 log.warning("journal copy on %s: %s failed: %s", address, what, exc)
                 if not isinstance(exc, RecordConflict):
                     await self.pool.mark_failed(address)
+            finally:
+                left -= 1
+                if left == 0 or len(results) >= self.needed:
+                    enough.set()
 
-        async with trio.open_nursery() as nursery:
+        if quorum and self._late is not None:
             for address in self.addresses:
-                nursery.start_soon(one, address)
+                self._late.start_soon(one, address)
+            await enough.wait()
+            results = dict(results)  # what answered so far
+        else:
+            async with trio.open_nursery() as nursery:
+                for address in self.addresses:
+                    nursery.start_soon(one, address)
         if len(results) < self.needed:
             raise JournalUnavailable(f"metadata journal: {what} reached {len(results)} of "
                                      f"{len(self.addresses)} appliances, {self.needed} needed")
@@ -473,7 +494,8 @@ class ApplianceJournalStore(JournalStore):
         await self._settle()
         values = _split(batch, self._stamp(),
                         lambda n: self._log_name(self._super.generation, n), self._next)
-        await self._on_all(lambda c: self._put_all(c, values), f"append {next(iter(values))}")
+        await self._on_all(lambda c: self._put_all(c, values), f"append {next(iter(values))}",
+                           quorum=True)
         self._next += len(values)
 
     async def write_checkpoint(self, blob: bytes) -> None:

@@ -10,7 +10,7 @@ import trio
 
 from resilfs.fs import journal_appliance, records
 from resilfs.fs.errors import FsError
-from resilfs.fs.journal import Journal, encode_checkpoint
+from resilfs.fs.journal import Journal, JournalWorker, encode_checkpoint
 from resilfs.fs.journal_appliance import SUPER, ApplianceJournalStore, JournalUnavailable
 from resilfs.fs.metadata import Metadata
 from resilfs.fs.records import Op
@@ -294,4 +294,35 @@ def test_newer_format_is_refused(launcher, appliances):
         with pytest.raises(journal_appliance.FormatTooNew, match="format 3"):
             await Journal.load(store)
         await pool.aclose()
+    trio.run(main)
+
+
+def test_copies_an_append_did_not_wait_for_are_finished(launcher, appliances):
+    """With the worker running, an append returns once two copies stored it and the third
+    finishes in the worker's nursery: when the worker ends, every copy holds every batch
+    (none was abandoned), so any two copies load the same state."""
+    async def main():
+        pool, store = await open_store(appliances, launcher.secret)
+        journal = await Journal.load(store)
+        Metadata.format(journal, 0, 0)
+        await journal.commit()
+        md = Metadata(journal)
+        worker = JournalWorker(journal, interval=600)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            for i in range(50):
+                md.create(ROOT_INODE, b"f%d" % i, stat.S_IFREG, 0, 0)
+                await journal.commit()
+            worker.stop()
+        expected = journal.state.snapshot()
+        held = [await records_of(pool, app) for app in appliances]
+        assert held[0] == held[1] == held[2]
+        assert sum(name.startswith("fs-log-") for name in held[0]) == 51
+        await pool.aclose()
+        for app in appliances:  # each pair of copies alone
+            launcher.kill(app)
+            pool, store = await open_store(appliances, launcher.secret)
+            assert (await Journal.load(store)).state.snapshot() == expected
+            await pool.aclose()
+            launcher.restart(app)
     trio.run(main)
