@@ -301,26 +301,19 @@ class ApplianceJournalStore(JournalStore):
                 old.append(generation)
             else:
                 log.warning("journal copy on %s: damaged superblock ignored", address)
-        names = sorted({n for ns in copies.values() for n in ns if n.startswith("fs-")})
-        raw = await self._read_all(copies, names)
         self._upgrade = None
         self.format_version = FORMAT
         if old and not found:
-            return self._load_format1(copies, raw, max(old))
-        stamps = [p.stamp[0] for vs in raw.values() for v in vs.values()
-                  if (p := Part.decode(v)) is not None]
-        self._epoch = max([s.epoch for s in found.values()] + stamps, default=0) + 1
-        self._seq = 0
-        self._chosen = {}
+            names = sorted({n for ns in copies.values() for n in ns
+                            if n.startswith(("fs-log-", "fs-ckpt-"))})
+            return self._load_format1(copies, await self._read_all(copies, names), max(old))
+        self._chosen, self._holders = {}, {}
         blob = None
         for sup in sorted(set(found.values()), key=lambda s: (s.epoch, s.generation),
                           reverse=True):
-            chosen: dict[str, bytes] = {}
-            blob = self._assemble(raw, lambda i, g=sup.generation: f"fs-ckpt-{g}-{i}", 0,
-                                  None, sup.crc, chosen, sup.parts)
-            if blob is not None and len(blob) == sup.size:
+            blob = await self._read_checkpoint(copies, sup)
+            if blob is not None:
                 self._super = sup
-                self._chosen = chosen
                 break
             log.warning("metadata checkpoint %d (epoch %d) is incomplete on every copy; "
                         "trying an older superblock", sup.generation, sup.epoch)
@@ -328,15 +321,45 @@ class ApplianceJournalStore(JournalStore):
             if found:
                 raise CorruptRecord("no superblock on the appliances names a whole checkpoint")
             self._super = Super(0, 0, 0, 0, 0)
+        prefix = f"fs-log-{self._super.generation}-"
+        raw = await self._read_all(copies, sorted({n for ns in copies.values() for n in ns
+                                                   if n.startswith(prefix)}))
+        stamps = [p.stamp[0] for vs in raw.values() for v in vs.values()
+                  if (p := Part.decode(v)) is not None]
+        self._epoch = max([s.epoch for s in found.values()] + stamps, default=0) + 1
+        self._seq = 0
         batches = self._read_log(raw)
-        if not self._super.parts:
-            blob = None
-        self._holders = {name: {a for a, v in raw.get(name, {}).items() if v == value}
-                         for name, value in self._chosen.items()}
+        for name, value in self._chosen.items():
+            if name.startswith(prefix):
+                self._holders[name] = {a for a, v in raw[name].items() if v == value}
         self._garbage = {a: {n for n in ns if n.startswith(("fs-log-", "fs-ckpt-"))
                              and n not in self._chosen} for a, ns in copies.items()}
         self._settled = False
-        return blob, batches
+        return (blob if self._super.parts else None), batches
+
+    async def _read_checkpoint(self, copies, sup: Super) -> bytes | None:
+        """The checkpoint ``sup`` names, from whichever copies hold each part whole; None
+        if a part is whole nowhere. Notes the parts in ``_chosen`` and ``_holders``."""
+        pieces, chosen, holders = [], {}, {}
+        for index in range(sup.parts):
+            name = f"fs-ckpt-{sup.generation}-{index}"
+            versions = (await self._read_all(copies, [name])).get(name, {})
+            for value in versions.values():
+                part = Part.decode(value)
+                if (part is not None and part.index == index and part.count == sup.parts
+                        and part.total_crc == sup.crc):
+                    chosen[name] = value
+                    holders[name] = {a for a, v in versions.items() if v == value}
+                    pieces.append(part.payload)
+                    break
+            else:
+                return None
+        blob = b"".join(pieces)
+        if len(blob) != sup.size or zlib.crc32(blob) != sup.crc:
+            return None
+        self._chosen.update(chosen)
+        self._holders.update(holders)
+        return blob
 
     async def _read_all(self, copies: dict[str, set], names) -> dict[str, dict[str, bytes]]:
         """{name: {address: value}} of every copy of every record in ``names``."""
@@ -360,46 +383,40 @@ class ApplianceJournalStore(JournalStore):
                         nursery.start_soon(one, address, name)
         return raw
 
-    def _assemble(self, raw, name_of, first: int, stamp, total_crc, chosen: dict,
-                  count: int) -> bytes | None:
-        """The data of ``count`` parts from record ``name_of(first)`` on, all with
-        ``stamp`` (None: any one stamp) and ``total_crc``; None unless all are there and the
-        whole has that crc. The records used go into ``chosen``."""
+    def _batch(self, raw, number: int, first: Part) -> bytes | None:
+        """The batch whose first part ``first`` is log record ``number``: its parts, all
+        with ``first``'s stamp, from any copy; None unless all are there and the whole has
+        the crc they name. The records used go into ``_chosen``."""
         values, pieces = {}, []
-        for k in range(count):
-            name = name_of(first + k)
+        for k in range(first.count):
+            name = self._log_name(self._super.generation, number + k)
             for value in raw.get(name, {}).values():
                 part = Part.decode(value)
-                if (part is not None and part.index == k and part.count == count
-                        and part.total_crc == total_crc
-                        and (stamp is None or part.stamp == stamp)):
-                    stamp = part.stamp
+                if (part is not None and part.index == k and part.count == first.count
+                        and part.total_crc == first.total_crc and part.stamp == first.stamp):
                     values[name] = value
                     pieces.append(part.payload)
                     break
             else:
                 return None
         data = b"".join(pieces)
-        if zlib.crc32(data) != total_crc:
+        if zlib.crc32(data) != first.total_crc:
             return None
-        chosen.update(values)
+        self._chosen.update(values)
         return data
 
     def _read_log(self, raw) -> list[bytes]:
         """The batches of the current generation's log (see the module docstring)."""
-        generation = self._super.generation
-        name_of = lambda n: self._log_name(generation, n)  # noqa: E731
         batches, number, last = [], 0, (0, 0)
         while True:
             starts = {}
-            for value in raw.get(name_of(number), {}).values():
+            for value in raw.get(self._log_name(self._super.generation, number), {}).values():
                 part = Part.decode(value)
                 if part is not None and part.index == 0 and part.stamp >= last:
                     starts[part.stamp] = part
             for stamp in sorted(starts, reverse=True):
                 part = starts[stamp]
-                batch = self._assemble(raw, name_of, number, stamp, part.total_crc,
-                                       self._chosen, part.count)
+                batch = self._batch(raw, number, part)
                 if batch is not None:
                     batches.append(batch)
                     number += part.count

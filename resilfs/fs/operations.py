@@ -62,6 +62,24 @@ def _handler(method):
     return wrapper
 
 
+async def _together(*calls) -> None:
+    """Await ``calls`` concurrently; then raise the error of the first one that failed."""
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    async def run(i, call):
+        try:
+            await call()
+        except Exception as exc:  # raised below, in order
+            errors[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, call in enumerate(calls):
+            nursery.start_soon(run, i, call)
+    for error in errors:
+        if error is not None:
+            raise error
+
+
 def _short(args) -> str:
     """Arguments for a log line: buffers by their length, not their bytes."""
     return ", ".join(f"<{len(a)} bytes>" if isinstance(a, (bytes, memoryview)) and len(a) > 64
@@ -252,8 +270,11 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def fsync(self, fh, datasync):
-        await self.data.flush(self._handles[fh])  # EIO if deferred writes were lost
-        await self.journal.commit()
+        # the file's data and the journal commit are written at the same time: the data a
+        # batch's MAP records point at is made durable first inside the commit (ordered
+        # data), nothing else depends on their order; EIO if deferred writes were lost
+        await _together(functools.partial(self.data.flush, self._handles[fh]),
+                        self.journal.commit)
 
     # -- directories -----------------------------------------------------------------
     @_handler
