@@ -28,14 +28,17 @@ What makes a crash or a torn copy safe:
   previous batch's; the log ends where there is none. A retry of a failed append rewrites
   the same numbers with a higher stamp, so it wins over what the failed attempt left.
 * An append or a checkpoint part is durable when ``min(2, copies)`` appliances stored all
-  of it; loading needs that many answering, so it sees every durable record. Before its
-  first write, a client copies what it loaded to every answering copy that lacks it (a
-  batch that only one copy had becomes durable before anything is appended after it) and
-  deletes records that belong to no loaded state.
+  of it; loading needs that many answering, so it sees every durable record. While the
+  mount's journal worker runs, an append returns at that point and the other copy
+  finishes in the worker's nursery (``finish_copies_in``). Before its first write, a
+  client copies what it loaded to every answering copy that lacks it (a batch that only
+  one copy had becomes durable before anything is appended after it) and deletes records
+  that belong to no loaded state.
 
 A checkpoint writes generation G+1's parts everywhere, then moves ``fs-super`` to G+1
 (the switch), then deletes generation G. TransportError from too many copies becomes
-JournalUnavailable.
+JournalUnavailable. Format 1 (before the version: a bare JSON superblock, unstamped
+records) is loaded as it was and rewritten in this format before the first write.
 """
 import itertools
 import json
