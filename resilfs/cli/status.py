@@ -40,6 +40,7 @@ def render(status: dict) -> Group:
     head = (f"[bold]{status['filesystem']}[/] {status['scheme']}  "
             f"{_size(status['data_total'] - status['data_free'])} used of "
             f"{_size(status['data_total'])}  {status['inodes']} inodes"
+            + (f"  format {status['format_version']}" if status.get("format_version") else "")
             + ("  [bold red]READ-ONLY (data lost beyond tolerance)[/]"
                if status["read_only"] else ""))
     apps = Table("appliance", "state", "used", "capacity", "pid", box=None)

@@ -99,6 +99,7 @@ class Control:
         return {"filesystem": self.name, "scheme": fmt.scheme if fmt else None,
                 "read_only": self.failsafe.read_only, "inodes": len(self.metadata.state.inodes),
                 "data_total": total, "data_free": free, "journal_queued": self.journal.queued,
+                "format_version": self.journal.store.format_version,
                 "appliances": appliances, "sets": sets, "scrub": self.scrub,
                 "cache": self.cache.statistics() if self.cache is not None else None}
 

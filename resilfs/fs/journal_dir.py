@@ -127,6 +127,9 @@ class DirJournalStore(JournalStore):
             except FileNotFoundError:
                 pass
 
+    def finish_copies_in(self, nursery) -> None:
+        """One copy: every append waits for it."""
+
     async def aclose(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -4,6 +4,12 @@ Every method validates against the current state and either raises FsError (noth
 changed) or records the change through ``Journal.record`` (which applies it). Methods
 never await, so each one is atomic with respect to other requests.
 
+Fields a user controls are checked where they are set, against the ranges the records
+can store (``records.I64_MIN`` ...): timestamps are signed 64-bit nanoseconds since 1970
+(1677-09-21 to 2262-04-11; beyond: EOVERFLOW), sizes at most 2**63 - 1 (EFBIG), modes,
+uids, gids 32-bit and device numbers 64-bit (EINVAL), names at most 255 bytes and symlink
+targets 4095 (ENAMETOOLONG), xattr names 255 bytes (ERANGE) and values 64 KiB (E2BIG).
+
 Inodes stay alive while the kernel knows them (lookup counts, ``forget``) or a file handle
 is open, even with no name left (unlink of an open file); when the last reference goes,
 a DELETE record frees them. Mounting deletes inodes left nameless by a crash.
@@ -23,6 +29,10 @@ from .records import (
     ATTR_MTIME,
     ATTR_SIZE,
     ATTR_UID,
+    I64_MAX,
+    I64_MIN,
+    U32_MAX,
+    U64_MAX,
     Op,
 )
 from .state import ROOT_INODE, Inode
@@ -30,7 +40,9 @@ from .state import ROOT_INODE, Inode
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+SYMLINK_MAX = 4095
 XATTR_NAME_MAX = 255
+SYMLINK_MAX = 4095
 XATTR_SIZE_MAX = 65536
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -38,6 +50,17 @@ RENAME_EXCHANGE = 2
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def _check_time(value) -> None:
+    if value is not None and not I64_MIN <= value <= I64_MAX:
+        raise refuse(errno.EOVERFLOW, f"timestamp {value} ns is outside the storable range "
+                                      f"(signed 64-bit nanoseconds since 1970)")
+
+
+def _check_u32(what: str, value) -> None:
+    if value is not None and not 0 <= value <= U32_MAX:
+        raise refuse(errno.EINVAL, f"{what} {value} does not fit 32 bits")
 
 
 class Metadata:
@@ -148,8 +171,12 @@ class Metadata:
                target: bytes | None = None) -> Inode:
         """A new inode named ``name`` in ``parent`` (files, directories, symlinks, nodes)."""
         p = self._check_new_name(parent, name)
-        if target is not None and len(target) > 4095:
+        if target is not None and len(target) > SYMLINK_MAX:
             raise refuse(errno.ENAMETOOLONG, "symlink target too long")
+        for what, value in (("mode", mode), ("uid", uid), ("gid", gid)):
+            _check_u32(what, value)
+        if not 0 <= rdev <= U64_MAX:
+            raise refuse(errno.EINVAL, f"device number {rdev} does not fit 64 bits")
         if p.mode & stat.S_ISGID:
             gid = p.gid
             if stat.S_ISDIR(mode):
@@ -238,6 +265,16 @@ class Metadata:
             self._maybe_delete(target.ino)
 
     # -- attributes ------------------------------------------------------------------
+    @staticmethod
+    def check_attrs(*, mode=None, uid=None, gid=None, atime=None, mtime=None,
+                    ctime=None) -> None:
+        """Refuse attribute values the records cannot store (EINVAL, EOVERFLOW for times);
+        for callers that change the size first (``setattr`` checks them itself)."""
+        for what, value in (("mode", mode), ("uid", uid), ("gid", gid)):
+            _check_u32(what, value)
+        for value in (atime, mtime, ctime):
+            _check_time(value)
+
     def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None, atime=None,
                 mtime=None, ctime=None) -> Inode:
         """Change attributes; ``size`` only for regular files (EISDIR, EINVAL otherwise).
@@ -254,9 +291,12 @@ class Metadata:
                 raise refuse(errno.EINVAL, "only regular files have a settable size")
             if size < 0:
                 raise refuse(errno.EINVAL)
+            if size > I64_MAX:
+                raise refuse(errno.EFBIG)
             mask |= ATTR_SIZE | ATTR_MTIME
             if mtime is None:
                 mtime = now_ns()
+        self.check_attrs(mode=mode, uid=uid, gid=gid, atime=atime, mtime=mtime, ctime=ctime)
         for bit, value in ((ATTR_MODE, mode), (ATTR_UID, uid), (ATTR_GID, gid),
                            (ATTR_ATIME, atime), (ATTR_MTIME, mtime)):
             if value is not None:
@@ -270,6 +310,8 @@ class Metadata:
         """Data was written up to ``end``: the size grows to it, mtime and ctime are now."""
         # the record carries the resulting size, not ``end``: it may replace the queued
         # WRITTEN record before it (Journal.record), which must not shrink the file
+        if end > I64_MAX:
+            raise refuse(errno.EFBIG)
         size = max(self.inode(ino).size, end)
         self.journal.record((Op.WRITTEN, ino, size, now_ns()))
 

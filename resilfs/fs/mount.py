@@ -33,7 +33,7 @@ from .data import FileData
 from .errors import FsError
 from .extents import PAGE
 from .journal import Journal, JournalStore, JournalWorker, encode_checkpoint
-from .journal_appliance import ApplianceJournalStore
+from .journal_appliance import ApplianceJournalStore, FormatTooNew
 from .journal_dir import DirJournalStore
 from .kernel import fuse_options, tune_when_ready
 from .metadata import Metadata
@@ -100,7 +100,11 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
     the write-behind cache (``resilfs.fs.writebehind``); 0 writes through."""
     mountpoint = os.path.abspath(mountpoint)
     async with AsyncExitStack() as stack:
-        pool, store, journal = await open_metadata(stack, cluster, journal_dir)
+        try:
+            pool, store, journal = await open_metadata(stack, cluster, journal_dir)
+        except FormatTooNew as exc:
+            log.error("%s", exc)  # the log of a background mount says why it did not start
+            raise
         fmt = journal.state.format
         if fmt is None:
             raise NotFormatted(f"no filesystem named {cluster.name!r} on these appliances "

@@ -60,6 +60,24 @@ def _handler(method):
     return wrapper
 
 
+async def _together(*calls) -> None:
+    """Await ``calls`` concurrently; then raise the error of the first one that failed."""
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    async def run(i, call):
+        try:
+            await call()
+        except Exception as exc:  # raised below, in order
+            errors[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, call in enumerate(calls):
+            nursery.start_soon(run, i, call)
+    for error in errors:
+        if error is not None:
+            raise error
+
+
 def _short(args) -> str:
     """Arguments for a log line: buffers by their length, not their bytes."""
     return ", ".join(f"<{len(a)} bytes>" if isinstance(a, (bytes, memoryview)) and len(a) > 64
@@ -118,6 +136,7 @@ class Operations(pyfuse3.Operations):
             raise ReadOnly("the filesystem is read-only")
         if ino is not None and self.snapshots is not None and self.snapshots.frozen(ino, name):
             raise ReadOnly("snapshots are read-only")
+        self.journal.check_room()  # EIO while too many changes wait for a failing commit
 
     def _open_handle(self, ino: int) -> int:
         fh = self._next_fh
@@ -145,8 +164,6 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable(inode)
-        if fields.update_size:
-            await self.data.truncate(inode, attr.st_size)
         changes = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
@@ -160,6 +177,9 @@ class Operations(pyfuse3.Operations):
             changes["mtime"] = attr.st_mtime_ns
         if fields.update_ctime:
             changes["ctime"] = attr.st_ctime_ns
+        self.metadata.check_attrs(**changes)  # before the size changes: a refusal changes nothing
+        if fields.update_size:
+            await self.data.truncate(inode, attr.st_size)
         if changes or not fields.update_size:
             self.metadata.setattr(inode, **changes)
         return self._attrs(self.metadata.inode(inode))
@@ -251,8 +271,11 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def fsync(self, fh, datasync):
-        await self.data.flush(self._handles[fh])  # EIO if deferred writes were lost
-        await self.journal.commit()
+        # the file's data and the journal commit are written at the same time: the data a
+        # batch's MAP records point at is made durable first inside the commit (ordered
+        # data), nothing else depends on their order; EIO if deferred writes were lost
+        await _together(functools.partial(self.data.flush, self._handles[fh]),
+                        self.journal.commit)
 
     # -- directories -----------------------------------------------------------------
     @_handler

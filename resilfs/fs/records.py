@@ -68,16 +68,32 @@ _U32 = struct.Struct("<I")
 _OP = struct.Struct("<B")
 _FIXED = {"Q": struct.Struct("<Q"), "q": struct.Struct("<q"), "I": _U32}
 
+#: the ranges of the fixed-size kinds (q, Q, I): a value outside them cannot be stored
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+U64_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+
 
 def encode(records) -> bytes:
     """Encode records into one batch; raises CorruptRecord for a record that does not fit."""
     out = bytearray()
     for record in records:
-        try:
-            _encode_one(record, out)
-        except (struct.error, KeyError, TypeError, ValueError, IndexError) as exc:
-            raise CorruptRecord(f"cannot encode record {record!r}: {exc}") from None
+        encode_one(record, out)
     return bytes(out)
+
+
+def encode_one(record, out: bytearray | None = None) -> bytes | bytearray:
+    """Encode one record (appended to ``out`` if given, which is returned); raises
+    CorruptRecord, with ``out`` unchanged, for a record that does not fit its layout."""
+    if out is None:
+        return bytes(encode_one(record, bytearray()))
+    mark = len(out)
+    try:
+        _encode_one(record, out)
+    except (struct.error, KeyError, TypeError, ValueError, IndexError) as exc:
+        del out[mark:]
+        raise CorruptRecord(f"cannot encode record {record!r}: {exc}") from None
+    return out
 
 
 def _encode_one(record, out: bytearray) -> None:
@@ -94,6 +110,8 @@ def _encode_one(record, out: bytearray) -> None:
                 raise ValueError("None where bytes are required")
             out += _U32.pack(_NONE)
         else:
+            if len(value) >= _NONE:
+                raise ValueError("bytes field too long")
             out += _U32.pack(len(value))
             out += value
 

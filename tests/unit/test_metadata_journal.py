@@ -21,9 +21,11 @@ from resilfs.fs.extents import page_up
 from resilfs.fs.journal import Journal
 from resilfs.fs.journal_dir import DirJournalStore
 from resilfs.fs.metadata import RENAME_NOREPLACE, Metadata
+from resilfs.fs.records import ATTR_MTIME, Op
 from resilfs.fs.state import ROOT_INODE
 
 SET_SIZE = 64 * 4096
+I64_MIN, I64_MAX, U32_MAX, U64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 32) - 1, (1 << 64) - 1
 NAMES = [b"a", b"b", b"c", b"d"]
 
 
@@ -294,3 +296,66 @@ def test_worker_commits_and_compacts(tmp_path):
         assert any(n.startswith("checkpoint-") for n in names), names
         assert (await reload(str(tmp_path))).state.snapshot() == md.state.snapshot()
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))  # virtual intervals
+
+
+def test_unencodable_record_is_refused_and_later_commits_go_on(tmp_path):
+    """A record the encoder cannot hold used to be queued; its batch then failed every
+    commit, and with it every later change (issue 16, defect 1)."""
+    async def main():
+        md = await new_fs(str(tmp_path))
+        f = md.create(ROOT_INODE, b"f", stat.S_IFREG | 0o644, 0, 0)
+        await md.journal.commit()
+        before, queued = md.state.snapshot(), md.journal.queued
+        with pytest.raises(FsError) as info:  # past what an i64 of ns holds
+            md.journal.record((Op.SETATTR, f.ino, ATTR_MTIME, 0, 0, 0, 0, 0, I64_MAX + 1, 0))
+        assert info.value.errno == errno.EOVERFLOW
+        assert md.state.snapshot() == before and md.journal.queued == queued
+        md.create(ROOT_INODE, b"g", stat.S_IFREG | 0o644, 0, 0)
+        await md.journal.commit()
+        assert (await reload(str(tmp_path))).state.snapshot() == md.state.snapshot()
+    trio.run(main)
+
+
+def test_fields_at_and_beyond_their_edges(tmp_path):
+    """Every user-set field: the edge values are stored and replay; one past is refused
+    with the errno a Linux filesystem gives, changing nothing."""
+    async def main():
+        md = await new_fs(str(tmp_path))
+        f = md.create(ROOT_INODE, b"n" * 255, stat.S_IFREG | 0o644, U32_MAX, U32_MAX)
+        md.create(ROOT_INODE, b"dev", stat.S_IFCHR | 0o600, 0, 0, rdev=U64_MAX)
+        md.create(ROOT_INODE, b"l", stat.S_IFLNK | 0o777, 0, 0, target=b"t" * 4095)
+        md.setattr(f.ino, mode=U32_MAX, atime=I64_MIN, mtime=I64_MAX, ctime=I64_MIN)
+        md.setattr(f.ino, size=I64_MAX)
+        md.written(f.ino, I64_MAX)
+        md.setxattr(f.ino, b"user." + b"x" * 250, b"v" * 65536)
+        refused = {
+            errno.EOVERFLOW: [lambda: md.setattr(f.ino, atime=I64_MIN - 1),
+                              lambda: md.setattr(f.ino, mtime=I64_MAX + 1),
+                              lambda: md.setattr(f.ino, ctime=I64_MAX + 1)],
+            errno.EINVAL: [lambda: md.setattr(f.ino, mode=U32_MAX + 1),
+                           lambda: md.setattr(f.ino, uid=U32_MAX + 1),
+                           lambda: md.setattr(f.ino, gid=-1),
+                           lambda: md.setattr(f.ino, size=-1),
+                           lambda: md.create(ROOT_INODE, b"u", stat.S_IFREG, U32_MAX + 1, 0),
+                           lambda: md.create(ROOT_INODE, b"d", stat.S_IFCHR, 0, 0,
+                                             rdev=U64_MAX + 1)],
+            errno.EFBIG: [lambda: md.setattr(f.ino, size=I64_MAX + 1),
+                          lambda: md.written(f.ino, I64_MAX + 1)],
+            errno.ENAMETOOLONG: [lambda: md.create(ROOT_INODE, b"n" * 256, stat.S_IFREG, 0, 0),
+                                 lambda: md.create(ROOT_INODE, b"s", stat.S_IFLNK, 0, 0,
+                                                   target=b"t" * 4096),
+                                 lambda: md.rename(ROOT_INODE, b"l", ROOT_INODE, b"m" * 256)],
+            errno.ERANGE: [lambda: md.setxattr(f.ino, b"user." + b"x" * 251, b"")],
+            errno.E2BIG: [lambda: md.setxattr(f.ino, b"user.v", b"v" * 65537)],
+        }
+        before, queued = md.state.snapshot(), md.journal.queued
+        for code, calls in refused.items():
+            for call in calls:
+                with pytest.raises(FsError) as info:
+                    call()
+                assert info.value.errno == code, (errno.errorcode[code], info.value)
+        assert md.state.snapshot() == before and md.journal.queued == queued
+        await md.journal.commit()
+        assert await md.journal.checkpoint()  # the checkpoint holds them too
+        assert (await reload(str(tmp_path))).state.snapshot() == md.state.snapshot()
+    trio.run(main)
