@@ -22,6 +22,7 @@ import os
 import stat
 
 import pyfuse3
+import trio
 
 from .data import FileData
 from .errors import DataUnavailable, FsError, ReadOnly
