@@ -43,7 +43,9 @@ async def forward_write(s: "ResiliencySet", offset: int, view: memoryview,
         k, matrix = s.k, s.codec.coding_matrix
         coding = [j for j in current if j >= k]
         pieces = list(s._pieces(offset, view.nbytes))
-        if any(c not in current for _, c, *_ in pieces) or \
+        # every data chunk current, not only the touched ones: after ForwardFailed the
+        # coding is recomputed from the data, which needs all of it
+        if any(c not in current for c in range(k)) or \
                 any(matrix[j - k][c] == 0 for j in coding for c in range(k)):
             return await s._write_coded(offset, view, stripes)
         for st, c, a, n, at in pieces:

@@ -206,12 +206,16 @@ async def reattach(s: ResiliencySet, index: int) -> str:
         if client is not None:
             await s.pool.mark_failed(member.appliance, client)
         return "down"
-    if member.state != FAILED:  # someone else did it meanwhile
-        return "reattached"
-    member.state = REBUILDING
-    member.failed_at = None
-    s.progress[index] = _Progress(len(member.dirty) * s.chunk_size)
-    s.changed()
+    # Order against in-flight writes: they were planned without this member, and add
+    # their stripes to its dirty set only while it is failed. Draining them first (no new
+    # write starts meanwhile) makes the dirty set complete before the member serves reads.
+    async with s.locks.hold_all():
+        if member.state != FAILED:  # someone else did it meanwhile
+            return "reattached"
+        member.state = REBUILDING
+        member.failed_at = None
+        s.progress[index] = _Progress(len(member.dirty) * s.chunk_size)
+        s.changed()
     log.info("set %s: member %d on %s is back, resyncing %d stripes", s.set_id, index,
              member.appliance, len(member.dirty))
     await s._persist()
