@@ -1,5 +1,8 @@
 """Exceptions of the resiliency-set layer; each message is meant for a user."""
+from contextlib import contextmanager
+
 from ..errors import ResilfsError
+from ..transport.base import ApplianceUnavailable, TransportError
 
 
 class SetError(ResilfsError):
@@ -24,3 +27,16 @@ class SetConflict(SetError):
 
 class NoPlacement(SetError):
     """Not enough distinct live appliances with free space to place (or replace) members."""
+
+
+@contextmanager
+def from_transport(what: str):
+    """Raise the transport failures of the block as set errors (ApplianceUnavailable as
+    SetUnavailable, any other TransportError as SetError), ``what`` first in the message,
+    so the layers above handle one family."""
+    try:
+        yield
+    except ApplianceUnavailable as e:
+        raise SetUnavailable(f"{what}: {e}") from e
+    except TransportError as e:
+        raise SetError(f"{what}: {e}") from e

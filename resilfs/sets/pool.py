@@ -138,6 +138,18 @@ class AppliancePool:
                 nursery.start_soon(probe_one, address, client)
         return dropped
 
+    async def free_memory(self) -> int:
+        """Free bytes of the connected appliances together, one STAT each in turn (an
+        appliance that fails to answer counts nothing; never raises)."""
+        free = 0
+        for address in self.up():
+            try:
+                st = await (await self.client(address)).stat()
+            except TransportError:
+                continue
+            free += max(st.capacity - st.used, 0)
+        return free
+
     async def _close(self, address: str, current: ApplianceClient) -> None:
         with trio.move_on_after(self.timeout, shield=True):
             try:

@@ -49,7 +49,7 @@ import trio
 
 from ..codec.kernels import copy_into
 from ..protocol import REGION_REF, U64, Op, shm_socket_name, split_address
-from .base import NoSpace, NoSuchRegion, RegionHandle
+from .base import MappedRegions, NoSpace, NoSuchRegion, RegionHandle
 from .stream import StreamClient, _byte_view, _check_range, finite_timeout, open_socket
 
 MAX_MAPPINGS = 1024  # regions kept mapped at once (least recently used are unmapped)
@@ -78,8 +78,15 @@ class _Mapping:
             pass  # views from view() still use it: the mapping dies with them
 
 
-class ShmClient(StreamClient):
-    """An ``ApplianceClient`` for an appliance on this host, copying through mappings."""
+class ShmClient(StreamClient, MappedRegions):
+    """An ``ApplianceClient`` for an appliance on this host, copying through mappings; it
+    offers them as ``mapped()``."""
+
+    def mapped(self) -> MappedRegions:
+        return self
+
+    async def checkpoint(self) -> None:
+        await checkpoint()
 
     @classmethod
     async def create(cls, address: str, *, secret: bytes, timeout: float) -> "ShmClient":

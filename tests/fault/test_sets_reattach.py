@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from resilfs.sets import AppliancePool, ResiliencySet
-from resilfs.sets.repair import reattach
+from resilfs.sets.resync import reattach
 from resilfs.transport import connect
 from tests.fault.test_sets_faults import (
     CHUNK,
