@@ -9,14 +9,10 @@ import trio
 
 from resilfs.sets import AppliancePool, ResiliencySet
 from resilfs.transport import connect
-from tests.fault.test_sets_faults import (
-    CHUNK,
-    SIZE,
-    Shadow,
-    cluster,  # noqa: F401 - fixture
-    kill,
-    set_id,
-)
+from tests.fault import test_sets_faults
+from tests.fault.test_sets_faults import CHUNK, SIZE, Shadow, kill, set_id
+
+cluster = test_sets_faults.cluster  # fixture
 
 
 async def fresh_connection(pool: AppliancePool, address: str) -> None:

@@ -14,16 +14,10 @@ import trio
 from resilfs.sets import AppliancePool, ResiliencySet
 from resilfs.sets.resync import reattach
 from resilfs.transport import connect
-from tests.fault.test_sets_faults import (
-    CHUNK,
-    CLUSTER,  # noqa: F401 - the module cluster's size, for the reader
-    SIZE,
-    Shadow,
-    cluster,  # noqa: F401 - fixture
-    kill,
-    rebuild_until_healthy,
-    set_id,
-)
+from tests.fault import test_sets_faults
+from tests.fault.test_sets_faults import CHUNK, SIZE, Shadow, kill, rebuild_until_healthy, set_id
+
+cluster = test_sets_faults.cluster  # fixture
 
 
 class Gates:
