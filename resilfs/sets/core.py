@@ -195,6 +195,12 @@ class SetCore:
         if down:
             await self.persist()
 
+    def put_member(self, index: int, member: Member) -> None:
+        """Put ``member`` (another region) in place of member ``index``; stored by the next
+        ``persist``."""
+        self.members[index] = member
+        self.changed()
+
     def start_progress(self, index: int, total: int) -> None:
         """Rebuild progress of member ``index`` starts now, ``total`` bytes to go."""
         self.progress[index] = Progress(total)

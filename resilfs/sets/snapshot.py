@@ -202,8 +202,7 @@ def detach(snap: SetSnapshot) -> None:
     if snap.method == SPLIT:
         s = snap.source
         index, old = snap._detached
-        s.members[index] = _placeholder(old.appliance, old.size, s.stripes)
-        s.changed()
+        s.put_member(index, _placeholder(old.appliance, old.size, s.stripes))
 
 
 async def _clone(snap: SetSnapshot) -> None:
