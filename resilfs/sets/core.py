@@ -141,7 +141,7 @@ class SetCore:
 
     def require(self, stripes: range) -> None:
         """SetUnavailable unless every stripe has at least K current members."""
-        if self.whole:
+        if all(m.state == OK and not m.dirty for m in self.members):
             return
         for s in stripes:
             if len(self.usable(s)) < self.k:
@@ -315,11 +315,10 @@ class SetCore:
 
     # -- transfers to members ---------------------------------------------------------------
 
-    def mapped(self, indices) -> dict:
+    def mapped(self, indices) -> dict | None:
         """The mapped-memory access of members ``indices`` (``mapview.mapped_clients``), or
         None unless every one's connection offers it."""
-        return mapview.mapped_clients(self.pool, {i: self.members[i].appliance
-                                                  for i in indices})
+        return mapview.mapped_clients(self.pool, self.members, indices)
 
     async def fail_all(self, errors: dict[int, TransportError], mapped: dict) -> None:
         """Mark failed the members whose mapped access raised ``errors``."""
@@ -341,7 +340,8 @@ class SetCore:
                 if mapped is not None:
                     errors: dict[int, TransportError] = {}
                     await mapview.transfer(mapped, plan, write, errors)
-                    await self.fail_all(errors, mapped)
+                    if errors:
+                        await self.fail_all(errors, mapped)
                     return set(errors)
         failed: set[int] = set()
 
@@ -369,7 +369,8 @@ class SetCore:
             return failed
         # A copy into mapped memory is done by this process as soon as it is issued: running
         # it as a task would only add scheduling (~25 us a member) without overlapping anything.
-        inline = [i for i in plan if _is_mapped(self.pool.connected(self.members[i].appliance))]
+        members, pool = self.members, self.pool
+        inline = [i for i in plan if pool.mapped(members[i].appliance) is not None]
         if len(inline) == len(plan):
             for index, ranges in plan.items():
                 await one(index, ranges)
@@ -394,10 +395,6 @@ class SetCore:
             plan = {i: [(self.members[i].handle, base, buf)] for i, buf in bufs.items()}
             if not await self.transfer(plan, write=False):
                 return live, bufs
-
-
-def _is_mapped(client: ApplianceClient | None) -> bool:
-    return client is not None and client.mapped() is not None
 
 
 @lru_cache(maxsize=64)

@@ -29,14 +29,19 @@ class NoPlacement(SetError):
     """Not enough distinct live appliances with free space to place (or replace) members."""
 
 
+def set_error(what: str, error: TransportError) -> SetError:
+    """The set error for a transport failure: SetUnavailable for ApplianceUnavailable,
+    SetError for any other; ``what`` first in the message."""
+    cls = SetUnavailable if isinstance(error, ApplianceUnavailable) else SetError
+    return cls(f"{what}: {error}")
+
+
 @contextmanager
 def from_transport(what: str):
-    """Raise the transport failures of the block as set errors (ApplianceUnavailable as
-    SetUnavailable, any other TransportError as SetError), ``what`` first in the message,
-    so the layers above handle one family."""
+    """Raise the transport failures of the block as set errors (``set_error``), so the
+    layers above handle one family. (Hot paths use try/except with ``set_error``: this
+    costs a few calls even when nothing fails.)"""
     try:
         yield
-    except ApplianceUnavailable as e:
-        raise SetUnavailable(f"{what}: {e}") from e
     except TransportError as e:
-        raise SetError(f"{what}: {e}") from e
+        raise set_error(what, e) from e

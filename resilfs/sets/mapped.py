@@ -49,8 +49,9 @@ async def _views(s: "SetCore", mapped: dict, wanted, writable: bool,
     to ``failed``."""
     errors: dict[int, TransportError] = {}
     got = await mapview.views(mapped, wanted, writable, errors)
-    await s.fail_all(errors, mapped)
-    failed.update(errors)
+    if errors:
+        await s.fail_all(errors, mapped)
+        failed.update(errors)
     return got
 
 
@@ -59,8 +60,9 @@ async def _check_live(s: "SetCore", mapped: dict, used, failed: set[int]) -> Non
     errors: dict[int, TransportError] = {}
     mapview.check_live(mapped, {i: s.members[i].handle for i in used if i not in failed},
                        errors)
-    await s.fail_all(errors, mapped)
-    failed.update(errors)
+    if errors:
+        await s.fail_all(errors, mapped)
+        failed.update(errors)
 
 
 def healthy_clients(s: "SetCore", length: int) -> dict | None:

@@ -19,13 +19,13 @@ HELPER_MIN = 256 << 10
 Wanted = dict[int, list[tuple[RegionHandle, int, int]]]  # member -> (handle, offset, length)
 
 
-def mapped_clients(pool, addresses: dict[int, str]) -> dict[int, MappedRegions] | None:
-    """The mapped-memory access of each member's current client (``addresses``: member
-    number -> appliance), or None unless every one offers it. Never connects."""
+def mapped_clients(pool, members, indices) -> dict[int, MappedRegions] | None:
+    """The mapped-memory access of the current clients of ``members[i]`` for ``i`` in
+    ``indices`` (``AppliancePool.mapped``), or None unless every one offers it. Never
+    connects."""
     out = {}
-    for index, address in addresses.items():
-        client = pool.connected(address)
-        mapped = client.mapped() if client is not None else None
+    for index in indices:
+        mapped = pool.mapped(members[index].appliance)
         if mapped is None:
             return None
         out[index] = mapped
@@ -79,4 +79,8 @@ async def transfer(mapped: dict[int, MappedRegions], plan, write: bool,
             pairs.append((v, buf) if write else (buf, v))
     copy_parallel(pairs, min_parallel=HELPER_MIN, label="write" if write else "read")
     if not write:
-        check_live(mapped, {i: plan[i][0][0] for i in got}, errors)
+        for index in got:
+            try:
+                mapped[index].check_live(plan[index][0][0])
+            except TransportError as e:
+                errors[index] = e

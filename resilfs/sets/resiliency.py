@@ -32,7 +32,7 @@ from . import mapped, resync
 from . import membership as records
 from .coded import Coded
 from .core import THREAD_MIN, SetCore
-from .errors import NoPlacement, SetError, SetUnavailable, from_transport
+from .errors import NoPlacement, SetError, SetUnavailable, from_transport, set_error
 from .forward import Forward
 from .membership import FAILED, REBUILDING, Member, Membership
 from .mirror import Mirror
@@ -218,7 +218,7 @@ class ResiliencySet(SetCore):
         view, stripes = self._start_io(offset, buffer)
         if not stripes:
             return
-        with from_transport(f"set {self.set_id!r}"):
+        try:
             while True:
                 self.require(stripes)
                 if self.mirror:
@@ -232,6 +232,8 @@ class ResiliencySet(SetCore):
                         self.require(stripes)
                         if await self._read_degraded(offset, view):
                             return
+        except TransportError as e:
+            raise set_error(f"set {self.set_id!r}", e) from e
 
     async def _read_degraded(self, offset: int, view: memoryview) -> bool:
         done = await mapped.read_degraded(self, offset, view)
@@ -252,7 +254,7 @@ class ResiliencySet(SetCore):
         view, stripes = self._start_io(offset, data)
         if not stripes:
             return
-        with from_transport(f"set {self.set_id!r}"):
+        try:
             await self.locks.acquire(stripes)
             try:
                 self.require(stripes)
@@ -263,6 +265,8 @@ class ResiliencySet(SetCore):
             finally:
                 self.locks.release(stripes)
             await self.intents.end_idle()
+        except TransportError as e:
+            raise set_error(f"set {self.set_id!r}", e) from e
 
     async def _write_locked(self, offset: int, view: memoryview, stripes: range) -> None:
         while True:

@@ -57,6 +57,24 @@ YIELD_EVERY = 0.001  # seconds of back-to-back copies before yielding to other t
 COPY_MIN = 64 << 10  # copies at least this long release the GIL (copy_into)
 
 
+_last_yield = 0.0  # perf_counter of the last yield of checkpoint(), in any shm client
+
+
+async def checkpoint() -> None:
+    """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
+
+    A full trio checkpoint costs as much as copying ~100 KiB here, so shm copies do not
+    yield every time; other tasks still run at least once a millisecond.
+    """
+    global _last_yield
+    now = time.perf_counter()
+    if now - _last_yield >= YIELD_EVERY:
+        _last_yield = now
+        await trio.lowlevel.checkpoint()
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+
 class _Mapping:
     __slots__ = ("map", "view", "slot", "region_id")
 
@@ -85,8 +103,7 @@ class ShmClient(StreamClient, MappedRegions):
     def mapped(self) -> MappedRegions:
         return self
 
-    async def checkpoint(self) -> None:
-        await checkpoint()
+    checkpoint = staticmethod(checkpoint)  # the module's: see there
 
     @classmethod
     async def create(cls, address: str, *, secret: bytes, timeout: float) -> "ShmClient":
@@ -281,24 +298,6 @@ class ShmClient(StreamClient, MappedRegions):
             mapping.close()
         if hasattr(self, "_mappings"):
             self._mappings.clear()
-
-
-_last_yield = 0.0  # perf_counter of the last yield of checkpoint(), in any shm client
-
-
-async def checkpoint() -> None:
-    """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
-
-    A full trio checkpoint costs as much as copying ~100 KiB here, so shm copies do not
-    yield every time; other tasks still run at least once a millisecond.
-    """
-    global _last_yield
-    now = time.perf_counter()
-    if now - _last_yield >= YIELD_EVERY:
-        _last_yield = now
-        await trio.lowlevel.checkpoint()
-    else:
-        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 def _copy(dst: memoryview, src: memoryview) -> None:
