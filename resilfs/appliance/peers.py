@@ -56,13 +56,15 @@ class Forwarder:
         async def one(address: str, region_id: int, key: int, coefficient: int) -> None:
             # the peer checks the real size; the handle only needs to cover the range
             region = RegionHandle(address, region_id, offset + len(new), key)
+            client = None
             try:
                 client = await self._client(address)
                 await client.apply_delta(region, offset, new if coefficient == 0 else delta,
                                          coefficient)
             except ApplianceUnavailable as e:
-                self._clients.pop(address, None)
                 failures.append(f"{address} region {region_id}: {e}")
+                if client is not None:
+                    await self._drop(address, client)
             except TransportError as e:
                 failures.append(f"{address} region {region_id}: {e}")
 
@@ -72,6 +74,16 @@ class Forwarder:
         for failure in failures:
             log.warning("forwarded write not applied: %s", failure)
         return failures
+
+    async def _drop(self, address: str, client: TcpClient) -> None:
+        """Forget and close the connection to a peer that failed or did not answer (a
+        later forward connects again). Closed, so nothing more is sent on it; a request
+        the peer already received is still applied when the peer gets to it, which is
+        why the client fails the targets that did not acknowledge (sets/forward.py)."""
+        if self._clients.get(address) is client:
+            del self._clients[address]
+        with trio.CancelScope(shield=True):
+            await client.aclose()
 
     async def aclose(self) -> None:
         for client in self._clients.values():

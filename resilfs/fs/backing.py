@@ -2,8 +2,9 @@
 
 Set number N of a filesystem is the resiliency set ``data-N`` of the filesystem's owner
 name. Sets are opened on first use (which resyncs what a crashed writer left behind) and
-handed to the mount's rebuild worker. Set-layer errors become DataUnavailable: EIO for the
-files on that set, never wrong data.
+handed to the mount's rebuild worker. Set-layer errors (the sets layer raises SetError for
+transport failures too) become DataUnavailable: EIO for the files on that set, never wrong
+data.
 """
 import logging
 
@@ -12,7 +13,6 @@ import trio
 from ..codec import make_codec
 from ..scheme import Scheme
 from ..sets import AppliancePool, NoPlacement, RebuildWorker, ResiliencySet, SetError
-from ..transport.base import TransportError
 from .data import Backing
 from .errors import DataUnavailable, NoSpace
 
@@ -71,7 +71,7 @@ class SetBacking(Backing):
                                            chunk_size=self.chunk_size)
         except NoPlacement as exc:
             raise NoSpace(f"no room for data set {set_id}: {exc}") from exc
-        except (SetError, TransportError) as exc:
+        except SetError as exc:
             raise DataUnavailable(f"cannot create data set {set_id}: {exc}") from exc
         self._adopt(set_id, s)
 
@@ -86,7 +86,7 @@ class SetBacking(Backing):
                 try:
                     s = await ResiliencySet.open(self.pool, self.owner, set_name(set_id),
                                                  write_mode=self.write_mode)
-                except (SetError, TransportError) as exc:
+                except SetError as exc:
                     raise DataUnavailable(f"cannot open data set {set_id}: {exc}") from exc
                 self._adopt(set_id, s)
         return s
@@ -99,7 +99,7 @@ class SetBacking(Backing):
         self._sets.pop(set_id, None)
         try:
             await s.destroy()
-        except (SetError, TransportError) as exc:
+        except SetError as exc:
             raise DataUnavailable(f"cannot delete data set {set_id}: {exc}") from exc
         self._capacity = None
 
@@ -116,14 +116,14 @@ class SetBacking(Backing):
         s = self._sets.get(set_id) or await self.get(set_id)
         try:
             await s.read_into(offset, buffer)
-        except (SetError, TransportError) as exc:
+        except SetError as exc:
             raise DataUnavailable(f"data set {set_id}: {exc}") from exc
 
     async def write(self, set_id: int, offset: int, data) -> None:
         s = self._sets.get(set_id) or await self.get(set_id)
         try:
             await s.write(offset, data)
-        except (SetError, TransportError) as exc:
+        except SetError as exc:
             raise DataUnavailable(f"data set {set_id}: {exc}") from exc
 
     async def free_bytes(self) -> int:
@@ -131,13 +131,7 @@ class SetBacking(Backing):
         now = trio.current_time()
         if self._capacity is not None and now - self._capacity[0] < CAPACITY_CACHE:
             return self._capacity[1]
-        free = 0
-        for address in self.pool.up():
-            try:
-                st = await (await self.pool.client(address)).stat()
-            except TransportError:
-                continue
-            free += max(st.capacity - st.used, 0)
+        free = await self.pool.free_memory()
         scheme = Scheme.parse(self.scheme)
         free = free * scheme.data_chunks // scheme.width
         self._capacity = (now, free)
@@ -150,6 +144,6 @@ class SetBacking(Backing):
                 self.rebuild.unwatch(s)
             try:
                 await s.close()
-            except (SetError, TransportError) as exc:
+            except SetError as exc:
                 log.warning("closing data set %d: %s", set_id, exc)
         self._sets.clear()

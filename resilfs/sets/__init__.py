@@ -8,9 +8,8 @@ from .errors import NoPlacement, SetConflict, SetError, SetNotFound, SetUnavaila
 from .membership import list_sets
 from .pool import AppliancePool
 from .rebuild import RebuildWorker
-from .repair import ScrubReport
 from .resiliency import WRITE_MODES, ResiliencySet
-from .status import RebuildProgress, SetStatus
+from .status import RebuildProgress, ScrubReport, SetStatus
 
 __all__ = [
     "WRITE_MODES", "AppliancePool", "NoPlacement", "RebuildProgress", "RebuildWorker",

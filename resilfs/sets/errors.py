@@ -1,5 +1,8 @@
 """Exceptions of the resiliency-set layer; each message is meant for a user."""
+from contextlib import contextmanager
+
 from ..errors import ResilfsError
+from ..transport.base import ApplianceUnavailable, TransportError
 
 
 class SetError(ResilfsError):
@@ -24,3 +27,21 @@ class SetConflict(SetError):
 
 class NoPlacement(SetError):
     """Not enough distinct live appliances with free space to place (or replace) members."""
+
+
+def set_error(what: str, error: TransportError) -> SetError:
+    """The set error for a transport failure: SetUnavailable for ApplianceUnavailable,
+    SetError for any other; ``what`` first in the message."""
+    cls = SetUnavailable if isinstance(error, ApplianceUnavailable) else SetError
+    return cls(f"{what}: {error}")
+
+
+@contextmanager
+def from_transport(what: str):
+    """Raise the transport failures of the block as set errors (``set_error``), so the
+    layers above handle one family. (Hot paths use try/except with ``set_error``: this
+    costs a few calls even when nothing fails.)"""
+    try:
+        yield
+    except TransportError as e:
+        raise set_error(what, e) from e

@@ -11,7 +11,13 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
-from ..transport.base import DEFAULT_TIMEOUT, ApplianceClient, ApplianceUnavailable, TransportError
+from ..transport.base import (
+    DEFAULT_TIMEOUT,
+    ApplianceClient,
+    ApplianceUnavailable,
+    MappedRegions,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,7 @@ class AppliancePool:
         self.retry_interval = retry_interval
         self._connect = connect
         self._clients: dict[str, ApplianceClient] = {}
+        self._mapped: dict[str, MappedRegions] = {}  # the clients that offer mapped memory
         self._last_attempt: dict[str, float] = {}
         self._locks = {address: trio.Lock() for address in self.addresses}
 
@@ -57,6 +64,11 @@ class AppliancePool:
     def connected(self, address: str) -> ApplianceClient | None:
         """The current client of ``address`` without connecting, or None."""
         return self._clients.get(address)
+
+    def mapped(self, address: str) -> MappedRegions | None:
+        """The mapped-memory access (``ApplianceClient.mapped()``) of the current client of
+        ``address``, or None (not connected, or its transport does not map regions here)."""
+        return self._mapped.get(address)
 
     def up(self) -> list[str]:
         return [a for a in self.addresses if a in self._clients]
@@ -98,6 +110,9 @@ class AppliancePool:
             except OSError as e:
                 raise ApplianceUnavailable(f"appliance {address}: {e.strerror or e}") from e
             self._clients[address] = client
+            mapped = client.mapped()
+            if mapped is not None:
+                self._mapped[address] = mapped
             log.info("connected to appliance %s", address)
             return client
 
@@ -111,6 +126,7 @@ class AppliancePool:
         if current is None or (client is not None and client is not current):
             return
         del self._clients[address]
+        self._mapped.pop(address, None)
         self._last_attempt[address] = trio.current_time()
         log.warning("appliance %s marked failed", address)
         await self._close(address, current)
@@ -138,6 +154,18 @@ class AppliancePool:
                 nursery.start_soon(probe_one, address, client)
         return dropped
 
+    async def free_memory(self) -> int:
+        """Free bytes of the connected appliances together, one STAT each in turn (an
+        appliance that fails to answer counts nothing; never raises)."""
+        free = 0
+        for address in self.up():
+            try:
+                st = await (await self.client(address)).stat()
+            except TransportError:
+                continue
+            free += max(st.capacity - st.used, 0)
+        return free
+
     async def _close(self, address: str, current: ApplianceClient) -> None:
         with trio.move_on_after(self.timeout, shield=True):
             try:
@@ -149,4 +177,5 @@ class AppliancePool:
         """Close every connection (best effort)."""
         while self._clients:
             address, client = self._clients.popitem()
+            self._mapped.pop(address, None)
             await self._close(address, client)

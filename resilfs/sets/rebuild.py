@@ -24,11 +24,10 @@ import zlib
 
 import trio
 
-from ..transport.base import TransportError
 from .errors import SetError
 from .membership import FAILED, REBUILDING
-from .repair import finished, reattach, rebuild_run, replace, run_stripes
 from .resiliency import ResiliencySet
+from .resync import finished, reattach, replace
 from .stripes import contiguous
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class RebuildWorker:
                     try:
                         busy |= await self._work(s)
                         await s.intents.end_idle()  # batched clearing while writes pause
-                    except (SetError, TransportError) as e:
+                    except SetError as e:
                         log.warning("rebuild of set %s: %s", s.set_id, e)
                 if not busy:
                     with trio.move_on_after(self.poll_interval):
@@ -93,7 +92,7 @@ class RebuildWorker:
         for s in list(self._sets.values()):
             try:
                 await s.notice_down_members()
-            except (SetError, TransportError) as e:
+            except SetError as e:
                 log.warning("set %s: %s", s.set_id, e)
 
     def stop(self) -> None:
@@ -129,7 +128,7 @@ class RebuildWorker:
             try:
                 await replace(s, index, address)
                 return
-            except TransportError as e:
+            except SetError as e:
                 log.info("cannot place a replacement of %s member %d on %s: %s", s.set_id,
                          index, address, e)
 
@@ -138,11 +137,11 @@ class RebuildWorker:
         member = s.members[index]
         moved = 0
         last_save = trio.current_time()
-        for run in contiguous(sorted(member.dirty), run_stripes(s, self.run_bytes)):
+        for run in contiguous(sorted(member.dirty), s.run_stripes(self.run_bytes)):
             if s.closed or s.members[index] is not member or member.state != REBUILDING:
                 break
             started = trio.current_time()
-            n = await rebuild_run(s, index, run)
+            n = await s.rebuild_run(index, run)
             moved += n
             busy = started - s.last_activity < self.busy_window
             rate = self.rate_floor if busy else self.rate_ceiling
@@ -152,10 +151,10 @@ class RebuildWorker:
                 await trio.lowlevel.checkpoint()
             if trio.current_time() - last_save >= self.save_interval:
                 s.changed()
-                await s._persist()
+                await s.persist()
                 last_save = trio.current_time()
         if s.members[index] is member and finished(s, index):
             s.progress.pop(index, None)
-            await s._persist()
+            await s.persist()
         return moved > 0
 

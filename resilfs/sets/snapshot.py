@@ -202,8 +202,7 @@ def detach(snap: SetSnapshot) -> None:
     if snap.method == SPLIT:
         s = snap.source
         index, old = snap._detached
-        s.members[index] = _placeholder(old.appliance, old.size, s.stripes)
-        s.changed()
+        s.put_member(index, _placeholder(old.appliance, old.size, s.stripes))
 
 
 async def _clone(snap: SetSnapshot) -> None:
@@ -218,7 +217,7 @@ async def _clone(snap: SetSnapshot) -> None:
             client = await s.pool.client(m.appliance)
             clones[i] = await client.clone(m.handle)
         except ApplianceUnavailable as e:  # the member is gone: its clone too
-            await s._fail(i, e, client)
+            await s.mark_failed(i, e, client)
         except TransportError as e:
             errors.append(e)
 
@@ -290,9 +289,9 @@ async def store(source: ResiliencySet, snapset: ResiliencySet) -> None:
     order, so that a stored snapshot record means the source is stored too (``recover``
     relies on it). Raises SetUnavailable or SetConflict (retry later; ``recover`` at the
     next mount otherwise)."""
-    await source._persist()
+    await source.persist()
     snapset.changed()
-    await snapset._persist()
+    await snapset.persist()
 
 
 async def recover(pool: AppliancePool, owner: str, set_id: str, source_id: str,

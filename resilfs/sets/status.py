@@ -1,5 +1,5 @@
 """Snapshots of a set's health and rebuild progress, for ``resilfs status`` and tests."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HEALTHY, DEGRADED, REBUILDING, UNAVAILABLE = "healthy", "degraded", "rebuilding", "unavailable"
 
@@ -34,3 +34,13 @@ class SetStatus:
     rebuilding: tuple[int, ...]  # member numbers being rebuilt
     progress: tuple[RebuildProgress, ...]
     open_intents: int  # write intents currently open on the observers
+
+
+@dataclass
+class ScrubReport:
+    """What a scrub (or a resync) found: stripes checked, mismatched, too degraded to check."""
+
+    stripes_checked: int = 0
+    mismatched: list[int] = field(default_factory=list)  # stripes whose members disagreed
+    unchecked: list[int] = field(default_factory=list)  # stripes too degraded to check
+    repaired: bool = False

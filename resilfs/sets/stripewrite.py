@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 from .scratch import scratch
 
 if TYPE_CHECKING:
-    from .resiliency import Ranges, ResiliencySet
+    from .core import Ranges, SetCore
 
 
-def _add(plan: "dict[int, Ranges]", index: int, s: "ResiliencySet", offset: int, buf) -> None:
+def _add(plan: "dict[int, Ranges]", index: int, s: "SetCore", offset: int, buf) -> None:
     plan.setdefault(index, []).append((s.members[index].handle, offset, buf))
 
 
-async def plan_coded_write(s: "ResiliencySet", offset: int, view: memoryview,
+async def plan_coded_write(s: "SetCore", offset: int, view: memoryview,
                            stripes: range) -> "tuple[dict[int, Ranges], list] | None":
     """The member writes that store ``view`` at ``offset`` (reading what a partial stripe
     needs and computing the coding), and the scratch buffers to give back once they are

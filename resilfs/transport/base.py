@@ -82,10 +82,47 @@ class ApplianceStat:
     appliance_id: str  # stable across restarts with the same persist dir
 
 
+class MappedRegions(ABC):
+    """Direct access to regions mapped in this process: the capability a transport offers
+    through ``ApplianceClient.mapped()`` when it maps regions here (shm). Writing into a
+    view writes the region; bytes read from one count only if ``check_live`` passes
+    afterwards (the region may have been freed meanwhile)."""
+
+    @abstractmethod
+    def mapped_view(self, region: RegionHandle, offset: int, length: int,
+                    writable: bool = False) -> memoryview | None:
+        """``view`` without awaiting, for a region mapped already; None if it is not."""
+
+    @abstractmethod
+    async def view(self, region: RegionHandle, offset: int, length: int,
+                   writable: bool = False) -> memoryview:
+        """The region's bytes [offset, offset + length) as a view (mapping it first).
+        Raises as a read of that range would."""
+
+    @abstractmethod
+    def check_live(self, region: RegionHandle) -> None:
+        """NoSuchRegion if the region was freed since it was mapped, ApplianceUnavailable
+        if the appliance went away. Never blocks."""
+
+    @abstractmethod
+    async def prefault(self, region: RegionHandle) -> None:
+        """Allocate and map every page of the region now, so later writes do not fault."""
+
+    @abstractmethod
+    async def checkpoint(self) -> None:
+        """A cheap checkpoint for callers that take many views: cancellation is checked
+        every time, other tasks run now and then."""
+
+
 class ApplianceClient(ABC):
     """A connection to one appliance. Use ``async with`` or call ``aclose()``."""
 
     address: str
+
+    def mapped(self) -> MappedRegions | None:
+        """This connection's direct access to regions mapped in this process, if its
+        transport offers it (shm); None otherwise (the default: tcp, rdma)."""
+        return None
 
     # -- regions ---------------------------------------------------------------
     @abstractmethod

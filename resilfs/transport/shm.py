@@ -49,7 +49,7 @@ import trio
 
 from ..copy import copy_into
 from ..protocol import REGION_REF, U64, Op, shm_socket_name, split_address
-from .base import NoSpace, NoSuchRegion, RegionHandle
+from .base import MappedRegions, NoSpace, NoSuchRegion, RegionHandle
 from .ranges import byte_view, check_range
 from .sockets import finite_timeout, open_socket
 from .stream import StreamClient
@@ -57,6 +57,24 @@ from .stream import StreamClient
 MAX_MAPPINGS = 1024  # regions kept mapped at once (least recently used are unmapped)
 YIELD_EVERY = 0.001  # seconds of back-to-back copies before yielding to other trio tasks
 COPY_MIN = 64 << 10  # copies at least this long release the GIL (copy_into)
+
+
+_last_yield = 0.0  # perf_counter of the last yield of checkpoint(), in any shm client
+
+
+async def checkpoint() -> None:
+    """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
+
+    A full trio checkpoint costs as much as copying ~100 KiB here, so shm copies do not
+    yield every time; other tasks still run at least once a millisecond.
+    """
+    global _last_yield
+    now = time.perf_counter()
+    if now - _last_yield >= YIELD_EVERY:
+        _last_yield = now
+        await trio.lowlevel.checkpoint()
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 class _Mapping:
@@ -80,8 +98,14 @@ class _Mapping:
             pass  # views from view() still use it: the mapping dies with them
 
 
-class ShmClient(StreamClient):
-    """An ``ApplianceClient`` for an appliance on this host, copying through mappings."""
+class ShmClient(StreamClient, MappedRegions):
+    """An ``ApplianceClient`` for an appliance on this host, copying through mappings; it
+    offers them as ``mapped()``."""
+
+    def mapped(self) -> MappedRegions:
+        return self
+
+    checkpoint = staticmethod(checkpoint)  # the module's: see there
 
     @classmethod
     async def create(cls, address: str, *, secret: bytes, timeout: float) -> "ShmClient":
@@ -276,24 +300,6 @@ class ShmClient(StreamClient):
             mapping.close()
         if hasattr(self, "_mappings"):
             self._mappings.clear()
-
-
-_last_yield = 0.0  # perf_counter of the last yield of checkpoint(), in any shm client
-
-
-async def checkpoint() -> None:
-    """Check for cancellation on every call; yield to other tasks once per YIELD_EVERY s.
-
-    A full trio checkpoint costs as much as copying ~100 KiB here, so shm copies do not
-    yield every time; other tasks still run at least once a millisecond.
-    """
-    global _last_yield
-    now = time.perf_counter()
-    if now - _last_yield >= YIELD_EVERY:
-        _last_yield = now
-        await trio.lowlevel.checkpoint()
-    else:
-        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 def _copy(dst: memoryview, src: memoryview) -> None:

@@ -139,7 +139,7 @@ def test_crash_before_the_records_are_stored(launcher, appliances, stored):
         sources = sorted(fs.state.allocator.set_sizes())
         if stored == "sources":
             for set_id in sources:
-                await fs.backing.sets()[set_id]._persist()
+                await fs.backing.sets()[set_id].persist()
         for set_id in sources:  # what the appliances say of the sources before the crash
             m, _ = await records.load(fs.pool, OWNER, set_name(set_id))
             assert [x.state for x in m.members] == (

@@ -138,13 +138,7 @@ def cycles(package: str) -> list[list[str]]:
 
 
 PACKAGES = sorted({m for m in MODULES if is_package(m)})
-SETS_REFACTOR = pytest.mark.xfail(
-    strict=True, reason="sets/resiliency, direct, forward, repair and stripewrite import each "
-    "other; the set core with peer strategies (issue 15, the `sets` helper's work) cuts it")
-
-
-@pytest.mark.parametrize("package", [
-    pytest.param(p, marks=SETS_REFACTOR) if p == "resilfs.sets" else p for p in PACKAGES])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_circle_inside_a_package(package):
     found = cycles(package)
     assert not found, "\n".join(" -> ".join(c) for c in found)
@@ -165,9 +159,6 @@ def test_concrete_transport_classes_are_found():
         concrete_transport_classes()
 
 
-@pytest.mark.xfail(strict=True, reason="sets find the mapped-memory path by isinstance "
-                   "ShmClient; asking the transport for a capability (issue 15, the `sets` "
-                   "helper's work) removes that")
 def test_sets_name_no_concrete_transport_class():
     classes = concrete_transport_classes()
     named = []

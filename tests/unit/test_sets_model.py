@@ -15,7 +15,7 @@ from resilfs.appliance.peers import fold
 from resilfs.scheme import Scheme
 from resilfs.sets import AppliancePool, ResiliencySet, SetUnavailable
 from resilfs.sets.membership import FAILED
-from resilfs.sets.repair import finished, reattach, rebuild_run
+from resilfs.sets.resync import finished, reattach, rebuild_run
 from resilfs.transport.base import (
     ApplianceClient,
     ApplianceError,

@@ -1,4 +1,4 @@
-"""The shm direct paths (resilfs/sets/direct.py) against the ordinary copy path.
+"""The mapped-memory paths (resilfs/sets/mapped.py, mapview.py) against the ordinary copy path.
 
 Two sets of the same scheme on disjoint appliances, one reached over shm (direct paths:
 copies, encodes and decodes in the members' mappings) and one over tcp (buffers), get the
@@ -12,7 +12,7 @@ import random
 import pytest
 import trio
 
-from resilfs.sets import RebuildWorker, ResiliencySet, direct
+from resilfs.sets import RebuildWorker, ResiliencySet, mapped, mapview
 from tests import appliances
 from tests.fault.conftest import kill_writer_while_writing
 
@@ -29,11 +29,11 @@ kill = appliances.kill
 
 @pytest.fixture
 def used(monkeypatch):
-    """How often each direct path ran to completion (returned neither None nor False)."""
+    """How often each mapped path ran to completion (returned neither None nor False), and
+    how often transfers went through views."""
     counts: dict[str, int] = {}
-    for name in ("transfer", "write_mirror", "write_full_stripes", "read_degraded",
-                 "rebuild"):
-        original = getattr(direct, name)
+    for name in ("write_mirror", "write_full_stripes", "read_degraded", "rebuild"):
+        original = getattr(mapped, name)
 
         async def counted(*args, _original=original, _name=name, **kwargs):
             result = await _original(*args, **kwargs)
@@ -41,7 +41,14 @@ def used(monkeypatch):
                 counts[_name] = counts.get(_name, 0) + 1
             return result
 
-        monkeypatch.setattr(direct, name, counted)
+        monkeypatch.setattr(mapped, name, counted)
+    transfer = mapview.transfer
+
+    async def counted_transfer(*args, **kwargs):
+        await transfer(*args, **kwargs)
+        counts["transfer"] = counts.get("transfer", 0) + 1
+
+    monkeypatch.setattr(mapview, "transfer", counted_transfer)
     return counts
 
 
@@ -99,7 +106,7 @@ async def test_direct_paths_store_what_the_copy_path_stores(cluster, open_pool, 
                                                             monkeypatch, scheme, step_max):
     """``step_max``: decodes cut into many small steps (rebuild runs, large reads)."""
     if step_max is not None:
-        monkeypatch.setattr(direct, "STEP_MAX", step_max)
+        monkeypatch.setattr(mapped, "STEP_MAX", step_max)
     shm_pool = await open_pool(cluster, "shm", addresses=side(cluster, 0))
     tcp_pool = await open_pool(cluster, "tcp", addresses=side(cluster, 1))
     sets = [await ResiliencySet.create(pool, scheme, None, SIZE, "direct",
