@@ -14,10 +14,12 @@ also be replayed from a later batch.
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from time import perf_counter_ns
 
 import trio
 
 from . import records
+from .latency import Latency
 from .records import Op
 from .state import State
 
@@ -76,6 +78,7 @@ class Journal:
         #: awaited with the records of each batch before it is appended (the mount makes
         #: the file data that MAP records point at durable first: ordered data)
         self.before_append: Callable[[list[tuple]], Awaitable[None]] | None = None
+        self.commit_latency = Latency()  # of each batch appended (for the mount's metrics)
 
     @classmethod
     async def load(cls, store: JournalStore) -> "Journal":
@@ -138,7 +141,9 @@ class Journal:
             if self.before_append is not None:
                 await self.before_append(batch_records)
             batch = records.encode(batch_records)
+            start = perf_counter_ns()
             await self.store.append(batch)
+            self.commit_latency.record(perf_counter_ns() - start)
         except BaseException:
             self._queued[:0] = batch_records
             self.state.allocator.unseal(sealed)

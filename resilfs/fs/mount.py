@@ -8,7 +8,8 @@ compaction, set rebuild, cache flusher, snapshot sets) in a nursery, mounts, rai
 bdi's read-ahead, and serves until the filesystem is unmounted (``fusermount3 -u``) or
 SIGTERM/SIGINT arrives. Then it stops the workers, commits, writes a checkpoint, flushes
 the cache and closes the sets, so a clean unmount leaves everything on the appliances and
-a quick next mount.
+a quick next mount. With ``metrics_address`` it serves Prometheus metrics there
+(``resilfs.fs.metrics``; the address is bound before anything else happens).
 
 Failure: errors while building raise before anything is mounted; if serving ends with an
 exception, the mount point is still unmounted and the exit stack closes what was opened
@@ -37,6 +38,7 @@ from .journal_appliance import ApplianceJournalStore
 from .journal_dir import DirJournalStore
 from .kernel import fuse_options, tune_when_ready
 from .metadata import Metadata
+from .metrics import MetricsServer, MountMetrics
 from .operations import Operations
 from .snapshots import Snapshots
 from .state import State
@@ -95,10 +97,14 @@ async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
 
 async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = None,
                 write_mode: str = "parallel", fuse_extra=(), commit_interval: float = 1.0,
-                cache_size: int = DEFAULT_LIMIT, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                cache_size: int = DEFAULT_LIMIT, metrics_address: tuple[str, int] | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Mount and serve until unmounted; see the module docstring. ``cache_size`` bytes for
-    the write-behind cache (``resilfs.fs.writebehind``); 0 writes through."""
+    the write-behind cache (``resilfs.fs.writebehind``); 0 writes through.
+    ``metrics_address`` (host, port): serve metrics there (MetricsUnavailable if it cannot
+    be bound)."""
     mountpoint = os.path.abspath(mountpoint)
+    metrics = MetricsServer.start(*metrics_address) if metrics_address is not None else None
     async with AsyncExitStack() as stack:
         pool, store, journal = await open_metadata(stack, cluster, journal_dir)
         fmt = journal.state.format
@@ -131,6 +137,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         await sweep(pool, cluster.name, known_sets(journal.state))  # regions nothing names
         operations = Operations(metadata, data, journal, control, snapshots=snapshots)
         worker = JournalWorker(journal, commit_interval)
+        if metrics is not None:
+            metrics.attach(MountMetrics(operations, journal, backing, cache))
 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",
                                                           fuse_extra))
