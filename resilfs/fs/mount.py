@@ -8,8 +8,9 @@ compaction, set rebuild, cache flusher, snapshot sets) in a nursery, mounts, rai
 bdi's read-ahead, and serves until the filesystem is unmounted (``fusermount3 -u``) or
 SIGTERM/SIGINT arrives. Then it stops the workers, commits, writes a checkpoint, flushes
 the cache and closes the sets, so a clean unmount leaves everything on the appliances and
-a quick next mount. With ``metrics_address`` it serves Prometheus metrics there
-(``resilfs.fs.metrics``; the address is bound before anything else happens).
+a quick next mount; SIGTERM/SIGINT arriving meanwhile are ignored (``_SignalWatcher``).
+With ``metrics_address`` it serves Prometheus metrics there (``resilfs.fs.metrics``; the
+address is bound before anything else happens).
 
 Failure: errors while building raise before anything is mounted; if serving ends with an
 exception, the mount point is still unmounted and the exit stack closes what was opened
@@ -106,6 +107,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
     mountpoint = os.path.abspath(mountpoint)
     metrics = MetricsServer.start(*metrics_address) if metrics_address is not None else None
     async with AsyncExitStack() as stack:
+        stack.callback(_SignalWatcher.restore, _SignalWatcher.handlers())  # closed last
         pool, store, journal = await open_metadata(stack, cluster, journal_dir)
         fmt = journal.state.format
         if fmt is None:
@@ -143,6 +145,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",
                                                           fuse_extra))
         signals = _SignalWatcher()
+        signals.ignore_outside()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(worker.run)
@@ -175,7 +178,15 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
 
 
 class _SignalWatcher:
-    """SIGTERM or SIGINT end the FUSE loop, which leads to a clean unmount."""
+    """SIGTERM or SIGINT end the FUSE loop, which leads to a clean unmount.
+
+    Once the FUSE loop has ended (unmounted, by a signal or by ``umount``), further
+    SIGTERM/SIGINT are ignored until ``mount`` returns: the daemon is storing its cached
+    writes and metadata, which is what stopping means (systemd sends SIGTERM to a mount
+    unit's daemon right after its umount). SIGKILL still ends it at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received = False
@@ -193,3 +204,18 @@ class _SignalWatcher:
     def stop(self) -> None:
         self.stopped = True
         self._scope.cancel()
+
+    @classmethod
+    def handlers(cls) -> dict:
+        return {signum: signal.getsignal(signum) for signum in cls.SIGNALS}
+
+    @staticmethod
+    def restore(handlers: dict) -> None:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+    def ignore_outside(self) -> None:
+        """Ignore the signals whenever ``run`` is not receiving them (``run`` restores
+        this disposition when it ends)."""
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)

@@ -201,3 +201,35 @@ def _clean_up(mnt: str) -> None:
     subprocess.run(["rm", "-rf", embedded.state_dir(mnt)])
     if not os.path.ismount(mnt):
         os.rmdir(mnt)
+
+
+def test_sigterm_after_umount_still_stores_cached_writes(fs_cluster):
+    """systemd stops a mount unit with umount, then SIGTERM to what is left in its cgroup:
+    the daemon, still storing what it cached. It must finish that first (SIGKILL is the
+    way to stop it at once)."""
+    m = fs_cluster.mount("--cache-size", "512M")
+    path = os.path.join(fs_cluster.mountpoint, "f")
+    size = 64 << 20
+    expected = bytearray(size)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset in range(0, size, 16 << 10):  # 4 KiB pieces: each a dirty cache block
+            piece = os.urandom(4096)
+            f.seek(offset)
+            f.write(piece)
+            expected[offset:offset + 4096] = piece
+    # no fsync: the kernel writes the pages back during umount, the daemon caches them
+    r = subprocess.run(["umount", fs_cluster.mountpoint], capture_output=True, text=True,
+                       timeout=DEADLINE)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + DEADLINE
+    while m.process.poll() is None:  # SIGTERMs until it exits: some land while it stores
+        assert time.monotonic() < deadline, m.log_tail()
+        m.process.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    # a SIGTERM after the daemon stored everything may still end the process
+    assert m.process.returncode in (0, -signal.SIGTERM), m.log_tail()
+    assert "unmounted testfs from" in m.log_tail(5), m.log_tail()
+    fs_cluster.mount()
+    with open(path, "rb") as f:
+        assert f.read() == expected
