@@ -21,6 +21,7 @@ import pytest
 
 from resilfs.fs import embedded
 from tests.fs.mounting import run_cli
+from tests.fs.test_metrics import free_port, scrape, value
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -152,10 +153,13 @@ def _mount_point() -> str:
 def test_up_takes_fuse_options():
     mnt = _mount_point()
     try:
-        r = run_cli("up", mnt, "--capacity", "128M", "-o", "allow_other,noatime")
+        port = free_port()
+        r = run_cli("up", mnt, "--capacity", "128M", "-o", "allow_other,noatime",
+                    "--metrics", f"127.0.0.1:{port}")
         assert r.returncode == 0, r.stderr
         assert {"allow_other", "noatime"} <= _super_options(mnt)
         assert _can_list_as_nobody(mnt)  # allow_other: not only root uses the mount
+        assert value(scrape(port), "resilfs_mount_fuse_requests_total", op="getattr") > 0
         r = run_cli("down", mnt)
         assert r.returncode == 0, r.stderr
     finally:
