@@ -148,11 +148,11 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         signals.ignore_outside()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(signals.run)  # first: signals are ignored until then
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
                 if cache is not None:
                     await nursery.start(cache.run)
-                nursery.start_soon(signals.run)
                 nursery.start_soon(control.run)
                 nursery.start_soon(snapshots.sets.run)
                 nursery.start_soon(backing.open_all,
@@ -193,8 +193,9 @@ class _SignalWatcher:
         self.stopped = False
         self._scope = trio.CancelScope()
 
-    async def run(self) -> None:
-        with self._scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with self._scope, trio.open_signal_receiver(*self.SIGNALS) as sigs:
+            task_status.started()
             async for signum in sigs:
                 log.info("signal %d: unmounting", signum)
                 self.received = True
