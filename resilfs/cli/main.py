@@ -31,6 +31,8 @@ def _usage() -> str:
         doc = importlib.import_module(f"{__package__}.{module}").__doc__ or ""
         lines.append(f"  {name:<12} {doc.strip().splitlines()[0] if doc.strip() else ''}")
     lines.append("")
+    lines.append("'resilfs CLUSTER_FILE MOUNTPOINT -o OPTIONS' is 'resilfs mount ...' (the "
+                 "form mount.fuse3 runs for fstab).")
     lines.append("'resilfs SUBCOMMAND --help' tells more.")
     return "\n".join(lines)
 
