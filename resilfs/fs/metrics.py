@@ -64,7 +64,7 @@ class MountMetrics:
     there only, through ``snapshot``."""
 
     def __init__(self, operations, journal, backing, cache=None):
-        self.operations = operations  # .requests (latency.Requests), .read_only
+        self.operations = operations  # .requests (latency.Requests), .failsafe.read_only
         self.journal = journal  # .commit_latency, .queued
         self.backing = backing  # .pool, .sets()
         self.cache = cache  # .statistics(), .limit, .flush_latency; None: no cache
@@ -89,7 +89,7 @@ class MountMetrics:
                 rebuild[2] += 1
         pool = self.backing.pool
         snap = {"requests": self.operations.requests.snapshot(), "sets": states,
-                "rebuild": rebuild, "read_only": self.operations.read_only,
+                "rebuild": rebuild, "read_only": self.operations.failsafe.read_only,
                 "appliances": {a: pool.is_up(a) for a in pool.addresses},
                 "journal_commit": self.journal.commit_latency.snapshot(),
                 "journal_queued": self.journal.queued, "cache": None}
