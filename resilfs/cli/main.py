@@ -2,8 +2,13 @@
 
 Each subcommand is a module of this package with ``main(args=None) -> int`` and a one-line
 ``__doc__``. User errors exit with one line on stderr and a non-zero code, never a traceback.
+
+``resilfs CLUSTER_FILE MOUNTPOINT [-o OPTIONS]``, whose first word is a path (it holds a
+``/`` or names a file), is ``resilfs mount ...``: the form mount.fuse3 runs for an
+/etc/fstab line of type ``fuse.resilfs``.
 """
 import importlib
+import os
 import sys
 
 # subcommand name -> module name in this package
@@ -26,6 +31,8 @@ def _usage() -> str:
         doc = importlib.import_module(f"{__package__}.{module}").__doc__ or ""
         lines.append(f"  {name:<12} {doc.strip().splitlines()[0] if doc.strip() else ''}")
     lines.append("")
+    lines.append("'resilfs CLUSTER_FILE MOUNTPOINT -o OPTIONS' is 'resilfs mount ...' (the "
+                 "form mount.fuse3 runs for fstab).")
     lines.append("'resilfs SUBCOMMAND --help' tells more.")
     return "\n".join(lines)
 
@@ -40,6 +47,8 @@ def main(args: list[str] | None = None) -> int:
         print(f"resilfs {__version__}")
         return 0
     module = SUBCOMMANDS.get(args[0])
+    if module is None and (os.sep in args[0] or os.path.isfile(args[0])):
+        return importlib.import_module(f"{__package__}.mount").main(args)
     if module is None:
         print(f"resilfs: unknown subcommand {args[0]!r} (see 'resilfs --help')", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ from ..fs import embedded
 from ..fs.kernel import mount_device
 from ..fs.mount import mkfs
 from ..scheme import Scheme
+from . import options as mount_options
 from .mkfs import size
+from .mount import resolve
 
 
 def main(args=None) -> int:
@@ -29,9 +31,15 @@ def main(args=None) -> int:
     p.add_argument("--set-size", type=size,
                    help="bytes of file data per set (default: a quarter of --capacity, "
                         "at most 256M)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="mount options as for resilfs mount, e.g. allow_other")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics of the mount here")
     opts = p.parse_args(args)
     mountpoint = os.path.abspath(opts.mountpoint)
     try:
+        resolve(argparse.Namespace(options=opts.options, metrics=opts.metrics,
+                                   write_mode=None, cache_size=None, log=None))
         scheme = Scheme.parse(opts.scheme)
         count = opts.appliances or scheme.width + 1
         if count < scheme.width:
@@ -41,7 +49,7 @@ def main(args=None) -> int:
         if mount_device(mountpoint) is not None:
             raise ResilfsError(f"{mountpoint} is already mounted")
         return _up(mountpoint, scheme, count, opts)
-    except (ResilfsError, LauncherError) as exc:
+    except (ResilfsError, LauncherError, mount_options.UsageError) as exc:
         print(f"resilfs up: {exc}", file=sys.stderr)
         return 1
 
@@ -64,8 +72,11 @@ def _up(mountpoint: str, scheme: Scheme, count: int, opts) -> int:
         trio.run(lambda: mkfs(cluster, scheme=str(scheme), chunk_size=64 * 1024,
                               set_size=set_size, codec=opts.codec))
         log_path = os.path.join(state, "mount.log")
+        extra = [*(["-o", ",".join(opts.options)] if opts.options else []),
+                 *(["--metrics", opts.metrics] if opts.metrics else [])]
         r = subprocess.run([sys.executable, "-m", "resilfs", "mount", cluster_path, mountpoint,
-                            "--log", log_path], capture_output=True, text=True, timeout=120)
+                            "--log", log_path, *extra], capture_output=True, text=True,
+                           timeout=120)
         found = re.search(r"pid (\d+)", r.stdout)
         if r.returncode or not found:
             raise ResilfsError(f"the mount did not come up: {r.stderr.strip()} "
@@ -81,6 +92,7 @@ def _up(mountpoint: str, scheme: Scheme, count: int, opts) -> int:
                         "log": a.log_path} for a in apps]})
     print(f"started {count} appliances ({opts.transport}, {opts.capacity} each, state in "
           f"{state})")
-    print(f"formatted {scheme}; mounted on {mountpoint} (daemon pid {found.group(1)})")
+    print(f"formatted {scheme}; mounted on {mountpoint} (daemon pid {found.group(1)})"
+          + (f"; metrics on http://{opts.metrics}/metrics" if opts.metrics else ""))
     print(f"stop with: resilfs down {mountpoint}")
     return 0

@@ -8,5 +8,7 @@ directories, set space; the one ``State.apply`` for live changes and replay) -> 
 resiliency sets) and ``writebehind`` (its cache) -> ``snapshot_sets``, ``snapshots``,
 ``control`` and ``sweep`` -> ``operations`` (pyfuse3.Operations, the only place that raises
 FUSEError) -> ``mount`` (wiring). ``kernel`` holds the FUSE options and tuning, ``cluster``
-reads cluster files, ``embedded`` names the files of ``resilfs up``.
+reads cluster files, ``embedded`` names the files of ``resilfs up``. ``latency`` (plain
+counters that journal, writebehind and operations update) sits below them all, ``metrics``
+(their Prometheus exposition) between ``operations`` and ``mount``.
 """

@@ -19,11 +19,13 @@ import errno
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from time import perf_counter_ns
 
 import trio
 
 from . import records
 from .errors import FsError
+from .latency import Latency
 from .records import CorruptRecord, Op
 from .state import State
 
@@ -108,6 +110,7 @@ class Journal:
         #: awaited with the records of each batch before it is appended (the mount makes
         #: the file data that MAP records point at durable first: ordered data)
         self.before_append: Callable[[list[tuple]], Awaitable[None]] | None = None
+        self.commit_latency = Latency()  # of each batch appended (for the mount's metrics)
 
     @classmethod
     async def load(cls, store: JournalStore) -> "Journal":
@@ -188,7 +191,9 @@ class Journal:
             if self.before_append is not None:
                 await self.before_append(batch_records)
             batch = b"".join(encoded)
+            start = perf_counter_ns()
             await self.store.append(batch)
+            self.commit_latency.record(perf_counter_ns() - start)
         except BaseException as exc:
             self._queued[:0] = batch_records
             self._encoded[:0] = encoded

@@ -8,7 +8,9 @@ compaction, set rebuild, cache flusher, snapshot sets) in a nursery, mounts, rai
 bdi's read-ahead, and serves until the filesystem is unmounted (``fusermount3 -u``) or
 SIGTERM/SIGINT arrives. Then it stops the workers, commits, writes a checkpoint, flushes
 the cache and closes the sets, so a clean unmount leaves everything on the appliances and
-a quick next mount.
+a quick next mount; SIGTERM/SIGINT arriving meanwhile are ignored (``_SignalWatcher``).
+With ``metrics_address`` it serves Prometheus metrics there (``resilfs.fs.metrics``; the
+address is bound before anything else happens).
 
 Failure: errors while building raise before anything is mounted; if serving ends with an
 exception, the mount point is still unmounted and the exit stack closes what was opened
@@ -37,6 +39,7 @@ from .journal_appliance import ApplianceJournalStore, FormatTooNew
 from .journal_dir import DirJournalStore
 from .kernel import fuse_options, tune_when_ready
 from .metadata import Metadata
+from .metrics import MetricsServer, MountMetrics
 from .operations import Failsafe, Operations
 from .snapshots import Snapshots
 from .state import State
@@ -95,11 +98,16 @@ async def mkfs(cluster: Cluster, *, scheme: str, chunk_size: int, set_size: int,
 
 async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = None,
                 write_mode: str = "parallel", fuse_extra=(), commit_interval: float = 1.0,
-                cache_size: int = DEFAULT_LIMIT, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                cache_size: int = DEFAULT_LIMIT, metrics_address: tuple[str, int] | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Mount and serve until unmounted; see the module docstring. ``cache_size`` bytes for
-    the write-behind cache (``resilfs.fs.writebehind``); 0 writes through."""
+    the write-behind cache (``resilfs.fs.writebehind``); 0 writes through.
+    ``metrics_address`` (host, port): serve metrics there (MetricsUnavailable if it cannot
+    be bound)."""
     mountpoint = os.path.abspath(mountpoint)
+    metrics = MetricsServer.start(*metrics_address) if metrics_address is not None else None
     async with AsyncExitStack() as stack:
+        stack.callback(_SignalWatcher.restore, _SignalWatcher.handlers())  # closed last
         try:
             pool, store, journal = await open_metadata(stack, cluster, journal_dir)
         except FormatTooNew as exc:
@@ -137,17 +145,20 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         operations = Operations(metadata, data, journal, control, failsafe=failsafe,
                                 snapshots=snapshots)
         worker = JournalWorker(journal, commit_interval)
+        if metrics is not None:
+            metrics.attach(MountMetrics(operations, journal, backing, cache))
 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",
                                                           fuse_extra))
         signals = _SignalWatcher()
+        signals.ignore_outside()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(signals.run)  # first: signals are ignored until then
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
                 if cache is not None:
                     await nursery.start(cache.run)
-                nursery.start_soon(signals.run)
                 nursery.start_soon(control.run)
                 nursery.start_soon(snapshots.sets.run)
                 nursery.start_soon(backing.open_all,
@@ -173,15 +184,24 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
 
 
 class _SignalWatcher:
-    """SIGTERM or SIGINT end the FUSE loop, which leads to a clean unmount."""
+    """SIGTERM or SIGINT end the FUSE loop, which leads to a clean unmount.
+
+    Once the FUSE loop has ended (unmounted, by a signal or by ``umount``), further
+    SIGTERM/SIGINT are ignored until ``mount`` returns: the daemon is storing its cached
+    writes and metadata, which is what stopping means (systemd sends SIGTERM to a mount
+    unit's daemon right after its umount). SIGKILL still ends it at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received = False
         self.stopped = False
         self._scope = trio.CancelScope()
 
-    async def run(self) -> None:
-        with self._scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with self._scope, trio.open_signal_receiver(*self.SIGNALS) as sigs:
+            task_status.started()
             async for signum in sigs:
                 log.info("signal %d: unmounting", signum)
                 self.received = True
@@ -191,3 +211,18 @@ class _SignalWatcher:
     def stop(self) -> None:
         self.stopped = True
         self._scope.cancel()
+
+    @classmethod
+    def handlers(cls) -> dict:
+        return {signum: signal.getsignal(signum) for signum in cls.SIGNALS}
+
+    @staticmethod
+    def restore(handlers: dict) -> None:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+    def ignore_outside(self) -> None:
+        """Ignore the signals whenever ``run`` is not receiving them (``run`` restores
+        this disposition when it ends)."""
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)

@@ -4,6 +4,8 @@
 constructor and keeps only per-mount bookkeeping of its own: file handles. Every handler
 runs through ``_handler``: an FsError becomes its errno; any other exception is logged
 with its traceback and answered EIO, so that a bug fails one request, not the mount.
+``_handler`` also counts each request, its time and whether it failed in ``requests``
+(``resilfs.fs.latency.Requests``, one slot per handler), for the mount's metrics.
 
 Kernel caches. The kernel checks permissions (``default_permissions``), keeps pages across
 opens (``keep_cache``) and runs a writeback cache; it is the only client of this namespace,
@@ -20,6 +22,7 @@ import functools
 import logging
 import os
 import stat
+from time import perf_counter_ns
 
 import pyfuse3
 import trio
@@ -27,6 +30,7 @@ import trio
 from .data import FileData
 from .errors import DataUnavailable, FsError, ReadOnly
 from .journal import Journal
+from .latency import Requests
 from .metadata import Metadata
 from .snapshots import LIST as SNAPSHOT_LIST
 from .snapshots import NAMES as SNAPSHOT_XATTRS
@@ -41,23 +45,38 @@ DOT_COOKIES = 2  # readdir cookies of "." and ".."; a directory's own cookies co
 CONTROL_PREFIX = b"user.resilfs."
 
 
+#: the handlers' names; a handler's slot in ``Operations.requests`` is its index here
+HANDLERS: list[str] = []
+
+
 def _handler(method):
-    """Turn FsError into FUSEError(errno), anything unexpected into a logged EIO."""
+    """Turn FsError into FUSEError(errno), anything unexpected into a logged EIO; count the
+    request, its time and its failure in ``self.requests``."""
+    slot = len(HANDLERS)
+    HANDLERS.append(method.__name__)
+
     @functools.wraps(method)
     async def wrapper(self, *args):
+        requests = self.requests
+        start = perf_counter_ns()
         try:
             return await method(self, *args)
         except pyfuse3.FUSEError:
+            requests.errors[slot] += 1
             raise
         except FsError as exc:
+            requests.errors[slot] += 1
             if isinstance(exc, DataUnavailable) and not self.failsafe.read_only:
                 log.error("data lost beyond tolerance (%s): the filesystem is now read-only",
                           exc)
                 self.failsafe.read_only = True
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
+            requests.errors[slot] += 1
             log.exception("%s(%s) failed", method.__name__, _short(args))
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            requests.latency[slot].record(perf_counter_ns() - start)
     return wrapper
 
 
@@ -109,6 +128,7 @@ class Operations(pyfuse3.Operations):
         self.snapshots = snapshots  # resilfs.fs.snapshots.Snapshots: .snapshots is read-only
         self._handles: dict[int, int] = {}  # file handle -> inode
         self._next_fh = 1
+        self.requests = Requests(HANDLERS)  # per-handler counts, for resilfs.fs.metrics
 
     # -- helpers ---------------------------------------------------------------------
     def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
@@ -255,12 +275,16 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def read(self, fh, off, size):
-        return await self.data.read(self._handles[fh], off, size)
+        data = await self.data.read(self._handles[fh], off, size)
+        self.requests.read_bytes += len(data)
+        return data
 
     @_handler
     async def write(self, fh, off, buf):
         self._writable()
-        return await self.data.write(self._handles[fh], off, buf)
+        written = await self.data.write(self._handles[fh], off, buf)
+        self.requests.written_bytes += written
+        return written
 
     @_handler
     async def flush(self, fh):

@@ -50,6 +50,7 @@ import logging
 import math
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from time import perf_counter_ns
 
 import trio
 
@@ -57,6 +58,7 @@ from ..sets.locks import StripeLocks
 from .data import Backing, run_all
 from .errors import DataUnavailable
 from .intervals import Intervals
+from .latency import Latency
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ class WriteBehind(Backing):
         self._wake = trio.Event()  # for the flusher: a block became dirty, or pressure
         self._room = trio.Event()  # for writers over the limit: a flush ended
         self._scope = trio.CancelScope()
+        self.flush_latency = Latency()  # of each block written back (for the metrics)
 
     # -- Backing ----------------------------------------------------------------------
     async def create_set(self, set_id: int, size: int) -> None:
@@ -406,8 +409,10 @@ class WriteBehind(Backing):
         docstring for how, and for failure and cancellation."""
         taken = self._take_dirty(block)
         self._flushing.add(block.key)
+        start = perf_counter_ns()
         try:
             merged = await self._store(block, taken)
+            self.flush_latency.record(perf_counter_ns() - start)
         except Exception as exc:
             if isinstance(exc, DataUnavailable):
                 log.error("data set %d: deferred writes at %d lost: %s", block.set_id,
