@@ -23,8 +23,9 @@ from contextlib import asynccontextmanager
 import trio
 
 from .allocator import OutOfSpace
-from .errors import DataUnavailable
-from .extents import PAGE, page_down, page_up
+from .errors import DataUnavailable, LostData
+from .extents import LOST, PAGE, page_down, page_up
+from .intervals import Intervals
 from .metadata import Metadata
 from .records import Op
 
@@ -121,6 +122,13 @@ class FileData:
         self._zeros = bytes(MAX_REQUEST)
         self._allocating: dict[int, list] = {}  # ino -> [(start, stop, done event)]
         self._grow_lock = trio.Lock()
+        #: set id -> set bytes (whole pages) whose deferred writes were lost in this mount
+        self._lost: dict[int, Intervals] = {}
+
+    @property
+    def lost(self) -> bool:
+        """Whether deferred writes were lost in this mount (the mount turns read-only)."""
+        return bool(self._lost)
 
     # -- reads ---------------------------------------------------------------------
     async def read(self, ino: int, offset: int, size: int) -> memoryview:
@@ -137,6 +145,9 @@ class FileData:
             part = view[f - offset:f - offset + n]
             if set_id is None:
                 part[:] = self._zeros[:n] if n <= MAX_REQUEST else bytes(n)
+            elif set_id == LOST:
+                self._buffers.give(buffer)
+                raise LostData(f"inode {ino}: the data at {f} was lost (a failed flush)")
             else:
                 reads.append((set_id, o, part))
         try:
@@ -171,8 +182,12 @@ class FileData:
         return len(view)
 
     def _mapped_writes(self, node, offset, view):
-        return [(set_id, o, view[f - offset:f - offset + n])
-                for f, n, set_id, o in node.extents.pieces(offset, offset + len(view))]
+        writes = []
+        for f, n, set_id, o in node.extents.pieces(offset, offset + len(view)):
+            if set_id == LOST:
+                raise LostData(f"inode {node.ino}: the data at {f} was lost (a failed flush)")
+            writes.append((set_id, o, view[f - offset:f - offset + n]))
+        return writes
 
     def _overlapping(self, ino: int, start: int, stop: int) -> trio.Event | None:
         for lo, hi, done in self._allocating.get(ino, ()):
@@ -193,6 +208,9 @@ class FileData:
         writes, maps, reserved = [], [], []
         try:
             for f, n, set_id, o in node.extents.pieces(start, stop):
+                if set_id == LOST:
+                    raise LostData(f"inode {node.ino}: the data at {f} was lost (a failed "
+                                   f"flush)")
                 if set_id is not None:
                     lo, hi = max(f, offset), min(f + n, end)
                     if lo < hi:
@@ -209,6 +227,9 @@ class FileData:
             allocator.cancel(reserved)
             await self._grow(sum(n for _, n in node.extents.gaps(offset, end)))
             return False
+        except LostData:
+            allocator.cancel(reserved)
+            raise
         entry = (start, stop, trio.Event())
         self._allocating.setdefault(node.ino, []).append(entry)
         try:
@@ -216,6 +237,9 @@ class FileData:
             if self.metadata.state.inodes.get(node.ino) is node:
                 for f, pieces in maps:
                     self.metadata.map(node.ino, f, pieces)
+                if self._lost and self._mark_lost_in(node):
+                    log.error("inode %d: a write was lost while it waited for room; it "
+                              "reads as EIO", node.ino)
             else:
                 allocator.cancel(reserved)  # deleted meanwhile
         except BaseException:
@@ -274,7 +298,7 @@ class FileData:
             tail = min(page_up(size), node.size) - size
             writes = [(set_id, o, self._zeros[:n])
                       for _, n, set_id, o in node.extents.pieces(size, size + tail)
-                      if set_id is not None]
+                      if set_id is not None and set_id != LOST]
             await run_all(self.backing.write, writes)
         self.metadata.setattr(ino, size=size)
 
@@ -289,7 +313,11 @@ class FileData:
             return
         node = self.metadata.inode(ino)
         if node.extents is not None:
-            await self.backing.flush([(set_id, o, n) for _, n, set_id, o in node.extents])
+            await self.backing.flush([(set_id, o, n) for _, n, set_id, o in node.extents
+                                      if set_id != LOST])
+            lost = next((f for f, _, set_id, _ in node.extents if set_id == LOST), None)
+            if lost is not None:
+                raise LostData(f"inode {ino}: the data at {lost} was lost (a failed flush)")
 
     def writing_through(self):
         """See ``Backing.writing_through`` (snapshots are taken inside it)."""
@@ -297,16 +325,62 @@ class FileData:
 
     async def flush_mapped(self, batch) -> None:
         """Make the data that the MAP records among journal records ``batch`` map durable
-        (before the batch is: ``Journal.before_append``). Data lost meanwhile is logged and
-        stays mapped: its set is beyond tolerance, so reading it answers EIO."""
-        maps = (r for r in batch if r[0] == Op.MAP)
-        ranges = [(set_id, set_offset, length)
-                  for _op, _ino, _file_offset, length, set_id, set_offset in maps]
-        if ranges:
+        (before the batch is: ``Journal.before_append``). Data lost meanwhile (``lost``)
+        is mapped to LOST in ``batch`` itself (the records are replaced in place), so that
+        no durable record ever maps set space that lacks the file's data; the live state
+        got the same change from ``lost``, in this batch or a later one."""
+        maps = [r for r in batch if r[0] == Op.MAP and r[4] != LOST]
+        if maps:
             try:
-                await self.backing.flush(ranges)
+                await self.backing.flush([(r[4], r[5], r[3]) for r in maps])
             except DataUnavailable as exc:
                 log.error("journal batch maps data that was lost: %s", exc)
+        if self._lost:
+            batch[:] = [piece for record in batch for piece in self._split_lost(record)]
+
+    def _split_lost(self, record):
+        """``record``, or for a MAP record of lost set bytes the MAP records that map
+        those bytes to LOST and the rest as they were."""
+        if record[0] != Op.MAP or record[4] not in self._lost:
+            return [record]
+        op, ino, f, n, set_id, o = record
+        lost = self._lost[set_id]
+        if not any(True for _ in lost.within(o, o + n)):
+            return [record]
+        out, pos = [], o
+        for lo, hi in lost.within(o, o + n):
+            if pos < lo:
+                out.append((op, ino, f + pos - o, lo - pos, set_id, pos))
+            out.append((op, ino, f + lo - o, hi - lo, LOST, f + lo - o))
+            pos = hi
+        if pos < o + n:
+            out.append((op, ino, f + pos - o, o + n - pos, set_id, pos))
+        return out
+
+    def lost_writes(self, set_id: int, ranges) -> None:
+        """Deferred writes to ``(offset, length)`` ranges of set ``set_id`` were lost (the
+        write-behind cache calls this, with no await, when a flush fails): every file range
+        mapping those bytes (whole pages) reads as EIO from now on, and the mount turns
+        read-only (``lost``). Never awaits."""
+        lost = self._lost.setdefault(set_id, Intervals())
+        for offset, length in ranges:
+            lost.add(page_down(offset), page_up(offset + length))
+        files = [node.ino for node in list(self.metadata.state.inodes.values())
+                 if node.extents is not None and self._mark_lost_in(node)]
+        log.error("data set %d: %d bytes of deferred writes lost; what they wrote in inodes "
+                  "%s reads as EIO", set_id, sum(n for _, n in ranges), files)
+
+    def _mark_lost_in(self, node) -> int:
+        """Map to LOST the ranges of ``node`` whose set bytes are in ``_lost``; return how
+        many bytes."""
+        found = []
+        for f, n, set_id, o in node.extents:
+            lost = self._lost.get(set_id)
+            if lost is not None:
+                found.extend((f + lo - o, hi - lo) for lo, hi in lost.within(o, o + n))
+        for f, n in found:
+            self.metadata.mark_lost(node.ino, f, n)
+        return sum(n for _, n in found)
 
 
 async def run_all(call, jobs) -> None:

@@ -122,6 +122,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                                 limit=cache_size)
         stack.push_async_callback((cache or backing).aclose)  # the cache flushes first
         data = FileData(metadata, cache or backing, fmt.set_size, stripe)
+        if cache is not None:
+            cache.on_lost = data.lost_writes
         journal.before_append = data.flush_mapped
         control = Control(cluster.name, metadata, data, backing, journal,
                           lambda: operations.read_only, cache=cache)
@@ -161,6 +163,11 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         finally:
             # main() returns without our help only when the kernel unmounted already
             pyfuse3.close(unmount=signals.received or not signals.stopped)
+        if cache is not None:  # before the last commit, which records any loss it finds
+            try:
+                await cache.flush()
+            except FsError as exc:
+                log.error("unmount: %s", exc)
         await journal.commit()
         await journal.checkpoint()
         log.info("unmounted %s from %s", cluster.name, mountpoint)

@@ -79,10 +79,19 @@ class Operations(pyfuse3.Operations):
         self.data = data
         self.journal = journal
         self.control = control  # answers user.resilfs.* (resilfs.fs.control.Control)
-        self.read_only = read_only
+        self._read_only = read_only
         self.snapshots = snapshots  # resilfs.fs.snapshots.Snapshots: .snapshots is read-only
         self._handles: dict[int, int] = {}  # file handle -> inode
         self._next_fh = 1
+
+    @property
+    def read_only(self) -> bool:
+        """Mounted read-only, or turned so by a loss (a failed request, a failed flush)."""
+        return self._read_only or self.data.lost
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        self._read_only = value
 
     # -- helpers ---------------------------------------------------------------------
     def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
