@@ -94,6 +94,10 @@ class Allocator:
         """Free space, counting quarantined and reserved space as used."""
         return sum(space.free_bytes() for space in self._sets.values())
 
+    def quarantined_bytes(self) -> int:
+        """Freed space waiting for its records to become durable (not sealed yet)."""
+        return sum(length for _, _, length in self._quarantine)
+
     # -- allocation ------------------------------------------------------------
     def reserve(self, length: int, hint=None, align: tuple[int, int] | None = None):
         """Reserve ``length`` bytes as ``(set_id, offset, length)`` pieces, contiguous if possible.

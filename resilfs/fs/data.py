@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ..errors import ResilfsError
 from .allocator import OutOfSpace
 from .errors import DataUnavailable, LostData
 from .extents import LOST, PAGE, page_down, page_up
@@ -274,10 +275,21 @@ class FileData:
         return hint, align
 
     async def _grow(self, length: int) -> None:
-        """Add a set (one at a time: concurrent writers wait for the same one)."""
+        """Make room for ``length`` bytes: commit the journal if that releases space freed
+        meanwhile (rm, truncate: quarantined until their records are durable), else add a
+        set (one at a time: concurrent writers wait for the same one). NoSpace if the
+        appliances cannot hold another set; a failed commit is logged and a set added."""
         async with self._grow_lock:
-            if self.metadata.state.allocator.free_bytes() >= length:
+            allocator = self.metadata.state.allocator
+            if allocator.free_bytes() >= length:
                 return
+            if allocator.quarantined_bytes() or self.metadata.journal.queued:
+                try:
+                    await self.metadata.journal.commit()  # also waits for one in flight
+                except ResilfsError as exc:
+                    log.warning("could not commit to release freed space: %s", exc)
+                if allocator.free_bytes() >= length:
+                    return
             set_id = self.metadata.state.next_set_id
             size = max(self.set_size, page_up(length))
             log.info("adding data set %d of %d bytes", set_id, size)
@@ -285,10 +297,12 @@ class FileData:
             self.metadata.add_set(set_id, size)
 
     async def capacity(self) -> tuple[int, int]:
-        """(total, free) bytes of file data: the sets' space plus what new sets could add."""
+        """(total, free) bytes of file data: the sets' space plus what new sets could add;
+        space freed but not yet committed counts as free (a write commits to use it)."""
         more = await self.backing.free_bytes()
         allocator = self.metadata.state.allocator
-        return allocator.total_bytes() + more, allocator.free_bytes() + more
+        free = allocator.free_bytes() + allocator.quarantined_bytes()  # free at next commit
+        return allocator.total_bytes() + more, free + more
 
     # -- truncate ------------------------------------------------------------------
     async def truncate(self, ino: int, size: int) -> None:

@@ -1,0 +1,65 @@
+"""Space at its limits on real mounts with small appliances: what df shows can be written,
+space freed by rm is usable at once, and a write that cannot be stored fails with ENOSPC."""
+import errno
+import os
+
+import pytest
+
+from tests.fs.conftest import make_cluster
+
+pytestmark = pytest.mark.timeout(300)
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def small(tmp_path):
+    """mirror:2 over three appliances of 24 MiB, in sets of 8 MiB: 32 MiB of file data."""
+    c = make_cluster(tmp_path, count=3, scheme="mirror:2", capacity="24M",
+                     mkfs_args=("--set-size", "8M"))
+    try:
+        c.mount()
+        yield c
+    finally:
+        c.close()
+        c.launcher.close()
+
+
+def fill(path: str, limit: int = 256 * MiB) -> int:
+    """Write 1 MiB pieces to ``path``, each fsync'd, until ENOSPC; return the bytes that
+    fit. Fails if ``limit`` bytes fit."""
+    chunk = os.urandom(MiB)
+    written = 0
+    with open(path, "wb") as f:
+        while written < limit:
+            try:
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                f.truncate(written)
+                return written
+            written += MiB
+    raise AssertionError(f"{limit} bytes fit: the filesystem never filled")
+
+
+def free_bytes(mnt: str) -> int:
+    st = os.statvfs(mnt)
+    return st.f_bavail * st.f_frsize
+
+
+def test_space_freed_by_rm_is_usable_at_once(small):
+    mnt = small.mountpoint
+    with open(os.path.join(mnt, "a"), "wb") as f:
+        f.write(os.urandom(16 * MiB))
+        os.fsync(f.fileno())
+    assert fill(os.path.join(mnt, "fill")) > 0
+    os.unlink(os.path.join(mnt, "a"))
+    assert free_bytes(mnt) >= 16 * MiB  # df shows the freed space at once
+    data = os.urandom(16 * MiB)
+    with open(os.path.join(mnt, "b"), "wb") as f:  # no wait for a background commit
+        f.write(data)
+        os.fsync(f.fileno())
+    with open(os.path.join(mnt, "b"), "rb") as f:
+        assert f.read() == data
