@@ -112,7 +112,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
             log.info("deleted %d files left open by a crash", orphans)
         rebuild = RebuildWorker()
         backing = SetBacking(pool, cluster.name, fmt.scheme, write_mode=write_mode,
-                             chunk_size=fmt.chunk_size, codec=fmt.codec, rebuild=rebuild)
+                             chunk_size=fmt.chunk_size, codec=fmt.codec, rebuild=rebuild,
+                             set_size=fmt.set_size)
         scheme = Scheme.parse(fmt.scheme)
         stripe = fmt.chunk_size * scheme.data_chunks if scheme.data_chunks > 1 else PAGE
         cache = None

@@ -63,3 +63,25 @@ def test_space_freed_by_rm_is_usable_at_once(small):
         os.fsync(f.fileno())
     with open(os.path.join(mnt, "b"), "rb") as f:
         assert f.read() == data
+
+
+def test_the_free_space_df_shows_can_be_written(tmp_path):
+    """ec:4+2 over seven appliances: every set needs six of them, so sets must go where
+    the room is, and df must count only sets that fit."""
+    c = make_cluster(tmp_path, count=7, scheme="ec:4+2", capacity="24M",
+                     mkfs_args=("--set-size", "4M"))
+    try:
+        mnt = c.mount().mountpoint
+        free = free_bytes(mnt)
+        assert free >= 64 * MiB
+        data = os.urandom(free)
+        with open(os.path.join(mnt, "f"), "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        with open(os.path.join(mnt, "f"), "rb") as f:
+            assert f.read() == data
+        c.remount()  # no cached capacity figure
+        assert free_bytes(mnt) < 4 * MiB  # less than a set: nothing more fits
+    finally:
+        c.close()
+        c.launcher.close()

@@ -140,3 +140,13 @@ def test_large_holes_are_stripe_aligned(tmp_path):
         assert md.inode(small).extents.mapped_bytes == 8192
         assert md.state.allocator.free_ranges()[1][0] == (65536, SET_SIZE - 65536)
     trio.run(main)
+
+
+def test_placeable_sets():
+    from resilfs.fs.backing import placeable
+    assert placeable([10, 10, 10], 1, 3) == 10
+    assert placeable([10, 10, 10], 1, 2) == 15
+    assert placeable([24] * 5 + [0, 0], 1, 6) == 0
+    assert placeable([30, 30, 30, 30, 30, 30, 1], 1, 6) == 30
+    assert placeable([100, 5, 5, 5, 5, 5, 5], 1, 6) == 6  # one region per appliance per set
+    assert placeable([], 1, 6) == 0
