@@ -33,6 +33,9 @@ from .records import Op
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20  # FUSE never sends more; larger reads get a fresh buffer
+#: below this many free bytes, files opened for writing bypass the kernel's writeback cache
+#: (see ``nearly_full``)
+NEARLY_FULL = 16 << 20
 DEFAULT_SET_SIZE = 256 << 20
 
 
@@ -304,6 +307,21 @@ class FileData:
         free = allocator.free_bytes() + allocator.quarantined_bytes()  # free at next commit
         return allocator.total_bytes() + more, free + more
 
+    async def nearly_full(self) -> bool:
+        """Whether less than NEARLY_FULL bytes are free. The kernel's writeback cache takes
+        write(2) data before the daemon sees it and reports a failed writeback only at
+        fsync and close; a file opened for writing now should write through the kernel
+        (direct I/O), so that write(2) itself gets ENOSPC once its data cannot be stored."""
+        return (await self.capacity())[1] < NEARLY_FULL
+
+    def check_lost(self, ino: int) -> None:
+        """LostData if a range of file ``ino`` lost its data (see ``lost_writes``)."""
+        node = self.metadata.inode(ino)
+        if node.extents is not None:
+            lost = next((f for f, _, set_id, _ in node.extents if set_id == LOST), None)
+            if lost is not None:
+                raise LostData(f"inode {ino}: the data at {lost} was lost (a failed flush)")
+
     # -- truncate ------------------------------------------------------------------
     async def truncate(self, ino: int, size: int) -> None:
         """Set the size; zero the rest of the last page so growing later reads zeros."""
@@ -329,9 +347,7 @@ class FileData:
         if node.extents is not None:
             await self.backing.flush([(set_id, o, n) for _, n, set_id, o in node.extents
                                       if set_id != LOST])
-            lost = next((f for f, _, set_id, _ in node.extents if set_id == LOST), None)
-            if lost is not None:
-                raise LostData(f"inode {ino}: the data at {lost} was lost (a failed flush)")
+            self.check_lost(ino)
 
     def writing_through(self):
         """See ``Backing.writing_through`` (snapshots are taken inside it)."""

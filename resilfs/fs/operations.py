@@ -12,6 +12,10 @@ kernel truncates its own page cache (and mappings) before the reply. ``invalidat
 changes the kernel did not make itself (snapshot restore, to come); it runs in a thread
 because it blocks while the kernel writes back dirty pages of that inode.
 
+Space: while the filesystem is nearly full, files are opened for writing with direct I/O
+(``FileData.nearly_full``), so that write(2) gets ENOSPC as soon as its data cannot be
+stored rather than at fsync or close.
+
 Failsafe: when a write finds data unavailable beyond the set's tolerance, that request
 gets EIO and the filesystem turns read-only (EROFS for every later change); reads of
 other files keep working.
@@ -227,7 +231,9 @@ class Operations(pyfuse3.Operations):
         node = self.metadata.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
                                     ctx.uid, ctx.gid)
         fh = self._open_handle(node.ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(node)
+        direct = await self.data.nearly_full()
+        return (pyfuse3.FileInfo(fh=fh, keep_cache=not direct, direct_io=direct),
+                self._entry(node))
 
     @_handler
     async def open(self, inode, flags, ctx):
@@ -238,7 +244,9 @@ class Operations(pyfuse3.Operations):
             self._writable(inode)
         if flags & os.O_TRUNC and node.size:
             await self.data.truncate(inode, 0)  # the kernel drops its pages itself
-        return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=True)
+        direct = bool(flags & (os.O_WRONLY | os.O_RDWR)) and await self.data.nearly_full()
+        return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=not direct,
+                                direct_io=direct)
 
     @_handler
     async def read(self, fh, off, size):
@@ -251,7 +259,9 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def flush(self, fh):
-        pass  # durability is fsync's job (writes may wait in the write-behind cache)
+        # durability is fsync's job (writes may wait in the write-behind cache); close
+        # reports data of the file already known lost
+        self.data.check_lost(self._handles[fh])
 
     @_handler
     async def release(self, fh):

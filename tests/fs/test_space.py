@@ -85,3 +85,26 @@ def test_the_free_space_df_shows_can_be_written(tmp_path):
     finally:
         c.close()
         c.launcher.close()
+
+
+def test_write_gets_enospc_once_its_data_cannot_be_stored(small):
+    """On a full filesystem write(2) itself fails, not only fsync or close (the kernel's
+    writeback cache would take the data and drop it later)."""
+    mnt = small.mountpoint
+    fill(os.path.join(mnt, "fill"))
+    chunk = os.urandom(MiB)
+    fd = os.open(os.path.join(mnt, "more"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(OSError) as info:
+            for _ in range(64):
+                os.write(fd, chunk)
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        try:
+            os.close(fd)
+        except OSError as exc:  # close may report it again
+            assert exc.errno == errno.ENOSPC
+    os.unlink(os.path.join(mnt, "fill"))
+    with open(os.path.join(mnt, "more"), "ab") as f:  # room again: writes work
+        f.write(chunk)
+        os.fsync(f.fileno())
