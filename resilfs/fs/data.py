@@ -16,6 +16,7 @@ does no CPU work beyond slicing. Errors of the backing come out as DataUnavailab
 for that file only); cancellation of a write leaves the range as an interrupted write
 would, and gives reserved space back.
 """
+import errno
 import logging
 from abc import ABC, abstractmethod
 from contextlib import asynccontextmanager
@@ -24,15 +25,19 @@ import trio
 
 from ..errors import ResilfsError
 from .allocator import OutOfSpace
-from .errors import DataUnavailable, LostData
+from .errors import DataUnavailable, LostData, refuse
 from .extents import LOST, PAGE, page_down, page_up
 from .intervals import Intervals
-from .metadata import Metadata
+from .metadata import Metadata, now_ns
 from .records import Op
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20  # FUSE never sends more; larger reads get a fresh buffer
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_MODES = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
 #: below this many free bytes, files opened for writing bypass the kernel's writeback cache
 #: (see ``nearly_full``)
 NEARLY_FULL = 16 << 20
@@ -171,19 +176,24 @@ class FileData:
         """
         node = self.metadata.inode(ino)
         view = memoryview(data).cast("B")
-        end = offset + len(view)
         if not view:
             return 0
+        await self._store(node, offset, view)
+        self.metadata.written(ino, offset + len(view))
+        return len(view)
+
+    async def _store(self, node, offset: int, view: memoryview) -> None:
+        """Write ``view`` at ``offset`` of the file, mapping the holes it covers (the size
+        is the caller's business)."""
+        end = offset + len(view)
         while node.extents.gaps(offset, end):
-            busy = self._overlapping(ino, page_down(offset), page_up(end))
+            busy = self._overlapping(node.ino, page_down(offset), page_up(end))
             if busy is not None:
                 await busy.wait()
             elif await self._write_allocating(node, offset, view):
                 break
         else:  # no holes (left): the range is mapped
             await self.backing.write_behind(self._mapped_writes(node, offset, view))
-        self.metadata.written(ino, end)
-        return len(view)
 
     def _mapped_writes(self, node, offset, view):
         writes = []
@@ -333,6 +343,61 @@ class FileData:
                       if set_id is not None and set_id != LOST]
             await run_all(self.backing.write, writes)
         self.metadata.setattr(ino, size=size)
+
+    # -- fallocate -----------------------------------------------------------------
+    async def fallocate(self, ino: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) as tmpfs has it. Mode 0 maps zero-filled space for the holes of
+        the range and grows the size to its end; with FALLOC_FL_KEEP_SIZE the size stays.
+        FALLOC_FL_PUNCH_HOLE (with KEEP_SIZE) unmaps the whole pages of the range, whose
+        space is free at once, and zeroes the rest of it. FALLOC_FL_ZERO_RANGE zeroes the
+        range and maps its holes. Refused, changing nothing: EOPNOTSUPP for other modes,
+        EINVAL for a bad range or a file that is not regular, ENOSPC when the holes to map
+        do not fit (checked first). A failure of the sets later (EIO) may leave part done.
+        """
+        node = self.metadata.inode(ino)
+        if node.extents is None or offset < 0 or length <= 0:
+            raise refuse(errno.EINVAL, "fallocate needs a regular file and a range")
+        if mode & ~FALLOC_MODES:
+            raise refuse(errno.EOPNOTSUPP, f"fallocate mode {mode:#x} is not supported")
+        punch = bool(mode & FALLOC_FL_PUNCH_HOLE)
+        if punch and (not mode & FALLOC_FL_KEEP_SIZE or mode & FALLOC_FL_ZERO_RANGE):
+            raise refuse(errno.EOPNOTSUPP, "punching a hole needs KEEP_SIZE alone")
+        end = offset + length
+        if punch:
+            start, stop = page_up(offset), page_down(end)
+            if start < stop and any(s is not None for _, _, s, _ in
+                                    node.extents.pieces(start, stop)):
+                self.metadata.punch(ino, start, stop - start)
+            edges = [(offset, min(start, end)), (max(stop, offset), end)] if start < stop \
+                else [(offset, end)]
+            for lo, hi in edges:
+                await self._zero_mapped(node, lo, hi)
+            self.metadata.setattr(ino, mtime=now_ns())
+            return
+        holes = node.extents.gaps(offset, end)
+        if sum(n for _, n in holes) > (await self.capacity())[1]:
+            raise refuse(errno.ENOSPC, f"no room to allocate {length} bytes")
+        if mode & FALLOC_FL_ZERO_RANGE:
+            await self._zero_mapped(node, offset, end)
+        for f, n in holes:
+            for pos in range(f, f + n, MAX_REQUEST):
+                await self._store(node, pos, memoryview(self._zeros)[:min(MAX_REQUEST,
+                                                                          f + n - pos)])
+        if not mode & FALLOC_FL_KEEP_SIZE and end > node.size:
+            self.metadata.setattr(ino, size=end)
+        elif mode & FALLOC_FL_ZERO_RANGE:
+            self.metadata.setattr(ino, mtime=now_ns())
+
+    async def _zero_mapped(self, node, start: int, end: int) -> None:
+        """Write zeros over the mapped bytes of ``[start, end)`` (holes read zeros already;
+        lost ranges stay lost)."""
+        writes = []
+        for _f, n, set_id, o in node.extents.pieces(start, end):
+            if set_id is not None and set_id != LOST:
+                for pos in range(0, n, MAX_REQUEST):
+                    writes.append((set_id, o + pos, self._zeros[:min(MAX_REQUEST, n - pos)]))
+        if writes:
+            await self.backing.write_behind(writes)
 
     # -- durability ----------------------------------------------------------------
     async def flush(self, ino: int | None = None) -> None:

@@ -32,6 +32,7 @@ from .control import Control
 from .data import FileData
 from .errors import FsError
 from .extents import PAGE
+from .fuse_fallocate import FallocateHook
 from .journal import Journal, JournalStore, JournalWorker, encode_checkpoint
 from .journal_appliance import ApplianceJournalStore
 from .journal_dir import DirJournalStore
@@ -137,9 +138,12 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",
                                                           fuse_extra))
+        fallocate = FallocateHook(operations.fallocate)
+        fallocate.install()  # before main(): no request has been read yet
         signals = _SignalWatcher()
         try:
             async with trio.open_nursery() as nursery:
+                fallocate.nursery = nursery
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
                 if cache is not None:

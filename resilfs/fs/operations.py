@@ -258,6 +258,12 @@ class Operations(pyfuse3.Operations):
         return await self.data.write(self._handles[fh], off, buf)
 
     @_handler
+    async def fallocate(self, inode, mode, offset, length):
+        """FUSE_FALLOCATE (served through ``resilfs.fs.fuse_fallocate``)."""
+        self._writable(inode)
+        await self.data.fallocate(inode, mode, offset, length)
+
+    @_handler
     async def flush(self, fh):
         # durability is fsync's job (writes may wait in the write-behind cache); close
         # reports data of the file already known lost

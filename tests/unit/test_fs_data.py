@@ -56,7 +56,8 @@ async def setup(path):
     return md, FileData(md, MemoryBacking(), SET_SIZE, stripe_size=16384)
 
 
-ops = st.lists(st.tuples(st.sampled_from(["write", "read", "truncate", "recreate", "commit"]),
+ops = st.lists(st.tuples(st.sampled_from(["write", "read", "truncate", "recreate", "commit",
+                                          "punch", "zero", "allocate"]),
                          st.integers(0, 2), st.integers(0, 300_000), st.integers(1, 70_000)),
                max_size=40)
 
@@ -86,6 +87,16 @@ def test_files_match_model(sequence, rnd):
                     await data.truncate(ino, offset)
                     del model[offset:]
                     model.extend(bytes(offset - len(model)))
+                elif kind == "punch":  # frees the whole pages, zeroes the rest
+                    await data.fallocate(ino, 0x03, offset, length)
+                    end = min(offset + length, len(model))
+                    model[offset:end] = bytes(max(end - offset, 0))
+                elif kind in ("zero", "allocate"):  # ZERO_RANGE or mode 0: the size grows
+                    await data.fallocate(ino, 0x10 if kind == "zero" else 0, offset, length)
+                    if offset + length > len(model):
+                        model.extend(bytes(offset + length - len(model)))
+                    if kind == "zero":
+                        model[offset:offset + length] = bytes(length)
                 elif kind == "recreate":  # frees space that later writes reuse
                     md.unlink(ROOT_INODE, b"f%d" % f)
                     inos[f] = md.create(ROOT_INODE, b"f%d" % f, stat.S_IFREG | 0o644, 0,
