@@ -171,6 +171,7 @@ class Connection:
         self.control_ops = {
             Op.ALLOC: self._alloc, Op.FREE: self._free, Op.CLONE: self._clone,
             Op.LIST: self._list, Op.LOOKUP: self._lookup, Op.STAT: self._stat,
+            Op.DISCARD: self._discard,
             Op.RECORD_GET: self._record_get, Op.RECORD_PUT: self._record_put,
             Op.RECORD_LIST: self._record_list, Op.RECORD_DELETE: self._record_delete,
             Op.INTENT_BEGIN: self._intent_begin, Op.INTENT_END: self._intent_end,
@@ -470,6 +471,15 @@ class Connection:
         log.info("cloned region %d into region %d (%d bytes, %s)", region_id,
                  region.region_id, region.size, self.peer)
         return self._describe(region)
+
+    async def _discard(self, r: Reader):
+        """The range reads zeros from now on; the whole pages inside it go back to the host
+        (``RegionStore.discard``)."""
+        region_id, key, offset, n = RANGE.unpack(r.raw(RANGE.size))
+        region = self.a.store.get(region_id, key)
+        check_range(region, offset, n)
+        self.a.store.discard(region, offset, n)
+        return b""
 
     async def _list(self, r: Reader):
         owner = r.str() if r.u32() else None

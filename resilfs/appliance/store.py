@@ -33,6 +33,8 @@ from ..transport.base import (
 log = logging.getLogger(__name__)
 
 STATUS_SLOTS = 1 << 20  # at most this many regions at once; 8 MiB of sparse memfd
+PAGE = mmap.PAGESIZE
+ZEROS_STEP = 1 << 20  # bytes zeroed at once where a discard cannot punch
 
 
 @dataclass(eq=False)
@@ -184,6 +186,23 @@ class RegionStore:
         region.close()
         self._free_slots.append(region.slot)
         return region
+
+    def discard(self, region: Region, offset: int, length: int) -> None:
+        """Zero ``[offset, offset+length)`` of ``region`` (checked by the caller), giving
+        the memory of the whole pages inside back to the host (MADV_REMOVE punches the
+        memfd or persisted file); where the host cannot, the bytes are written as zeros."""
+        start, stop = -(-offset // PAGE) * PAGE, (offset + length) // PAGE * PAGE
+        if start < stop:
+            try:
+                region.map.madvise(mmap.MADV_REMOVE, start, stop - start)
+            except OSError as e:
+                log.debug("region %d: MADV_REMOVE failed (%s): writing zeros",
+                          region.region_id, e)
+                start = stop = offset
+        for lo, hi in ((offset, min(start, offset + length)), (stop, offset + length)):
+            for pos in range(lo, hi, ZEROS_STEP):
+                end = min(pos + ZEROS_STEP, hi)
+                region.view[pos:end] = bytes(end - pos)
 
     def list(self, owner: str | None = None) -> list[RegionInfo]:
         return [RegionInfo(r.region_id, r.size, r.owner) for r in self._regions.values()

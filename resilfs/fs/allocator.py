@@ -79,6 +79,7 @@ class Allocator:
         self._sets: dict[int, _SetSpace] = {}
         self._reserved: set[tuple[int, int, int]] = set()
         self._quarantine: list[tuple[int, int, int]] = []
+        self._sealed = 0  # bytes sealed and neither released nor unsealed yet
 
     # -- sets ------------------------------------------------------------------
     def add_set(self, set_id: int, size: int) -> None:
@@ -95,8 +96,8 @@ class Allocator:
         return sum(space.free_bytes() for space in self._sets.values())
 
     def quarantined_bytes(self) -> int:
-        """Freed space waiting for its records to become durable (not sealed yet)."""
-        return sum(length for _, _, length in self._quarantine)
+        """Freed space waiting for its records to become durable (sealed or not)."""
+        return self._sealed + sum(length for _, _, length in self._quarantine)
 
     # -- allocation ------------------------------------------------------------
     def reserve(self, length: int, hint=None, align: tuple[int, int] | None = None):
@@ -171,16 +172,19 @@ class Allocator:
     def seal(self) -> list[tuple[int, int, int]]:
         """Take the quarantine so far: release it once the records that freed it are durable."""
         sealed, self._quarantine = self._quarantine, []
+        self._sealed += sum(length for _, _, length in sealed)
         return sealed
 
     def unseal(self, sealed) -> None:
         """Put sealed ranges back into quarantine (their records did not become durable)."""
         self._quarantine[:0] = sealed
+        self._sealed -= sum(length for _, _, length in sealed)
 
     def release(self, sealed) -> None:
         """Make sealed ranges reusable."""
         for set_id, offset, length in sealed:
             self._sets[set_id].give(offset, length)
+            self._sealed -= length
 
     def free_ranges(self) -> dict[int, list[tuple[int, int]]]:
         """Free ranges by set (quarantine not included): for comparisons in tests."""

@@ -145,6 +145,16 @@ class SetBacking(Backing):
         except (SetError, TransportError) as exc:
             raise DataUnavailable(f"data set {set_id}: {exc}") from exc
 
+    async def discard(self, set_id: int, offset: int, length: int) -> None:
+        """Give the appliance memory of the free range back (the whole stripes in it, while
+        the set is healthy: ``ResiliencySet.discard``); set errors are logged."""
+        try:
+            s = self._sets.get(set_id) or await self.get(set_id)
+            await s.discard(offset, length)
+        except (DataUnavailable, SetError, TransportError) as exc:
+            log.warning("data set %d: could not give back %d bytes at %d: %s", set_id,
+                        length, offset, exc)
+
     async def free_bytes(self) -> int:
         """Bytes of file data in the sets of ``set_size`` that the appliances' free memory
         can still hold with one region per member on distinct appliances (cached a moment)."""

@@ -75,6 +75,12 @@ class Backing(ABC):
         Nothing to do here: ``write_behind`` wrote through."""
         return
 
+    async def discard(self, set_id: int, offset: int, length: int) -> None:
+        """Free space: its bytes need not be kept, and the appliances may take the memory
+        back (its bytes then read zeros). Best effort: nothing to do here; never raises
+        for a set that cannot do it."""
+        return
+
     @asynccontextmanager
     async def writing_through(self):
         """Inside, ``write_behind`` writes through and nothing it kept is left unwritten
@@ -296,7 +302,7 @@ class FileData:
             allocator = self.metadata.state.allocator
             if allocator.free_bytes() >= length:
                 return
-            if allocator.quarantined_bytes() or self.metadata.journal.queued:
+            if allocator.quarantined_bytes():
                 try:
                     await self.metadata.journal.commit()  # also waits for one in flight
                 except ResilfsError as exc:
@@ -349,7 +355,8 @@ class FileData:
         """fallocate(2) as tmpfs has it. Mode 0 maps zero-filled space for the holes of
         the range and grows the size to its end; with FALLOC_FL_KEEP_SIZE the size stays.
         FALLOC_FL_PUNCH_HOLE (with KEEP_SIZE) unmaps the whole pages of the range, whose
-        space is free at once, and zeroes the rest of it. FALLOC_FL_ZERO_RANGE zeroes the
+        space is free at once and whose appliance memory goes back (``Backing.discard``),
+        and zeroes the rest of it. FALLOC_FL_ZERO_RANGE zeroes the
         range and maps its holes. Refused, changing nothing: EOPNOTSUPP for other modes,
         EINVAL for a bad range or a file that is not regular, ENOSPC when the holes to map
         do not fit (checked first). A failure of the sets later (EIO) may leave part done.
@@ -365,6 +372,12 @@ class FileData:
         end = offset + length
         if punch:
             start, stop = page_up(offset), page_down(end)
+            # the memory first, while the file still maps the range: once its space is
+            # free, a write of another file could land there before a discard
+            for set_id, o, n in [(s, o, n) for _, n, s, o in node.extents.pieces(start, stop)
+                                 if s is not None and s != LOST] if start < stop else []:
+                await self.backing.discard(set_id, o, n)
+            node = self.metadata.inode(ino)
             if start < stop and any(s is not None for _, _, s, _ in
                                     node.extents.pieces(start, stop)):
                 self.metadata.punch(ino, start, stop - start)

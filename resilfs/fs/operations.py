@@ -86,6 +86,7 @@ class Operations(pyfuse3.Operations):
         self._read_only = read_only
         self.snapshots = snapshots  # resilfs.fs.snapshots.Snapshots: .snapshots is read-only
         self._handles: dict[int, int] = {}  # file handle -> inode
+        self._writers: set[int] = set()  # file handles opened for writing
         self._next_fh = 1
 
     @property
@@ -124,10 +125,12 @@ class Operations(pyfuse3.Operations):
                               and self.snapshots.frozen(ino, name)):
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    def _open_handle(self, ino: int) -> int:
+    def _open_handle(self, ino: int, flags: int) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = ino
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            self._writers.add(fh)
         self.metadata.opened(ino)
         return fh
 
@@ -230,7 +233,7 @@ class Operations(pyfuse3.Operations):
         self._writable(parent_inode, name)
         node = self.metadata.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
                                     ctx.uid, ctx.gid)
-        fh = self._open_handle(node.ino)
+        fh = self._open_handle(node.ino, flags)
         direct = await self.data.nearly_full()
         return (pyfuse3.FileInfo(fh=fh, keep_cache=not direct, direct_io=direct),
                 self._entry(node))
@@ -245,7 +248,7 @@ class Operations(pyfuse3.Operations):
         if flags & os.O_TRUNC and node.size:
             await self.data.truncate(inode, 0)  # the kernel drops its pages itself
         direct = bool(flags & (os.O_WRONLY | os.O_RDWR)) and await self.data.nearly_full()
-        return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=not direct,
+        return pyfuse3.FileInfo(fh=self._open_handle(inode, flags), keep_cache=not direct,
                                 direct_io=direct)
 
     @_handler
@@ -265,12 +268,14 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def flush(self, fh):
-        # durability is fsync's job (writes may wait in the write-behind cache); close
-        # reports data of the file already known lost
-        self.data.check_lost(self._handles[fh])
+        # durability is fsync's job (writes may wait in the write-behind cache); closing
+        # a file opened for writing reports data of the file already known lost
+        if fh in self._writers:
+            self.data.check_lost(self._handles[fh])
 
     @_handler
     async def release(self, fh):
+        self._writers.discard(fh)
         self.metadata.released(self._handles.pop(fh))
 
     @_handler

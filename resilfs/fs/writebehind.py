@@ -145,6 +145,11 @@ class WriteBehind(Backing):
     async def free_bytes(self) -> int:
         return await self.inner.free_bytes()
 
+    async def discard(self, set_id: int, offset: int, length: int) -> None:
+        """Passed on: cached bytes of the range (free space) may still be flushed over the
+        zeros later, which costs memory, not correctness."""
+        await self.inner.discard(set_id, offset, length)
+
     async def read_into(self, set_id: int, offset: int, buffer) -> None:
         """The set's bytes with the cached ones laid over them."""
         view = memoryview(buffer).cast("B")

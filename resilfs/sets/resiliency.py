@@ -582,6 +582,48 @@ class ResiliencySet:
             self.locks.release(stripes)
         await self.intents.end_idle()
 
+    async def discard(self, offset: int, length: int) -> bool:
+        """Give back the appliance memory of the whole stripes in ``[offset, offset+length)``:
+        every member's chunks of them read zeros from now on (zero parity matches zero
+        data). Done only while every member is ok; returns False (nothing done) otherwise.
+        Under the stripes' locks and a write intent, as a write: a member that fails
+        meanwhile is marked failed with those stripes missed; a crash leaves them to the
+        resync of the next open. Meant for ranges nobody reads (free space)."""
+        first = -(-offset // self.stripe_size)
+        stripes = range(first, max((offset + length) // self.stripe_size, first))
+        if not stripes or any(m.state != OK for m in self.members):
+            return not stripes
+        await self.locks.acquire(stripes)
+        try:
+            if any(m.state != OK for m in self.members):
+                return False
+            token = await self.intents.enter(stripes)
+            start, n = stripes.start * self.chunk_size, len(stripes) * self.chunk_size
+            failed: set[int] = set()
+
+            async def one(index: int, member: Member) -> None:
+                client = None
+                try:
+                    client = await self.pool.client(member.appliance)
+                    await client.discard(member.handle, start, n)
+                except TransportError as e:
+                    await self._fail(index, e, client)
+                    failed.add(index)
+
+            async with trio.open_nursery() as nursery:
+                for index, member in enumerate(self.members):
+                    nursery.start_soon(one, index, member)
+            self.intents.leave(token)
+            for index in failed:
+                self.members[index].dirty.update(stripes)
+                self.changed()
+            if self._version != self._saved_version:
+                await self._persist()
+        finally:
+            self.locks.release(stripes)
+        await self.intents.end_idle()
+        return not failed
+
     async def _write_locked(self, offset: int, view: memoryview, stripes: range) -> None:
         while True:
             self._require(stripes)

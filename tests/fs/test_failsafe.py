@@ -68,12 +68,17 @@ def test_a_lost_flush_reads_as_eio_not_as_what_its_space_held(tmp_path):
             os.fsync(f.fileno())  # commits the delete: the space is reusable
         new = os.path.join(mnt, "new")
         pages = range(0, 256, 2)  # separate pages: each waits in the daemon's cache
-        with open(new, "wb", buffering=0) as f:
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
             for page in pages:
-                os.pwrite(f.fileno(), b"n" * PAGE, page * PAGE)
-            push_to_daemon(f.fileno())
+                os.pwrite(fd, b"n" * PAGE, page * PAGE)
+            push_to_daemon(fd)
             with pytest.raises(OSError) as info:
-                os.fsync(f.fileno())
+                os.fsync(fd)
+            assert info.value.errno == errno.EIO
+        finally:
+            with pytest.raises(OSError) as info:  # close reports it too
+                os.close(fd)
             assert info.value.errno == errno.EIO
         assert status(mnt)["read_only"]
         for app in c.apps:

@@ -4,8 +4,14 @@ modes are EOPNOTSUPP. The results hold after a remount."""
 import ctypes
 import errno
 import os
+import shutil
+import tempfile
 
 import pytest
+
+from resilfs.appliance.launcher import ApplianceLauncher
+from tests.fs.conftest import FsCluster
+from tests.fs.mounting import run_cli, write_cluster
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,3 +87,55 @@ def test_fallocate_modes(fs_cluster):
         os.close(fd)
     c.remount()
     check(path, bytes(model))
+
+
+def region_bytes(persist_dirs) -> int:
+    """Memory the appliances' regions take (their persisted files, on a tmpfs)."""
+    total = 0
+    for d in persist_dirs:
+        regions = os.path.join(d, "regions")
+        for name in os.listdir(regions):
+            if name.endswith(".data"):
+                total += os.stat(os.path.join(regions, name)).st_blocks * 512
+    return total
+
+
+@pytest.mark.parametrize("scheme", ["mirror:2", "ec:2+1"])
+def test_punch_hole_gives_appliance_memory_back(tmp_path, scheme):
+    """Appliances keep their regions in /dev/shm, so a region file's blocks are the memory
+    it takes. Punching a hole frees the memory of the whole stripes in it."""
+    shm = tempfile.mkdtemp(prefix="resilfs-test-", dir="/dev/shm")
+    launcher = ApplianceLauncher(os.path.join(str(tmp_path), "appliances"))
+    try:
+        apps = launcher.start(3, persist=True, persist_root=shm, capacity="64M")
+        cluster = write_cluster(str(tmp_path), launcher, apps)
+        r = run_cli("mkfs", cluster, "--scheme", scheme, "--set-size", "16M")
+        assert r.returncode == 0, r.stderr
+        c = FsCluster(str(tmp_path), launcher, apps, cluster)
+        try:
+            mnt = c.mount().mountpoint
+            path = os.path.join(mnt, "f")
+            data = bytearray(os.urandom(12 * MiB))
+            with open(path, "wb") as f:
+                f.write(data)
+                os.fsync(f.fileno())
+            dirs = [a.persist_dir for a in apps]
+            before = region_bytes(dirs)
+            with open(path, "r+b") as f:
+                fallocate(f.fileno(), PUNCH_HOLE | KEEP_SIZE, 2 * MiB, 8 * MiB)
+                os.fsync(f.fileno())
+            data[2 * MiB:10 * MiB] = bytes(8 * MiB)
+            width = 2 if scheme == "mirror:2" else 3
+            per_copy = 8 * MiB if scheme == "mirror:2" else 4 * MiB  # ec:2+1: a half each
+            assert before - region_bytes(dirs) >= width * (per_copy - 256 * 1024)
+            check(path, bytes(data))
+            c.remount()
+            check(path, bytes(data))
+            with open(path, "r+b") as f:  # the freed space is written again
+                f.write(os.urandom(12 * MiB))
+                os.fsync(f.fileno())
+        finally:
+            c.close()
+    finally:
+        launcher.close()
+        shutil.rmtree(shm, ignore_errors=True)
