@@ -80,6 +80,8 @@ class Allocator:
         self._reserved: set[tuple[int, int, int]] = set()
         self._quarantine: list[tuple[int, int, int]] = []
         self._sealed = 0  # bytes sealed and neither released nor unsealed yet
+        #: ranges released since the last ``take_released`` (None: not kept)
+        self._released: list[tuple[int, int, int]] | None = None
 
     # -- sets ------------------------------------------------------------------
     def add_set(self, set_id: int, size: int) -> None:
@@ -185,6 +187,33 @@ class Allocator:
         for set_id, offset, length in sealed:
             self._sets[set_id].give(offset, length)
             self._sealed -= length
+        if self._released is not None:
+            self._released.extend(sealed)
+
+    def take_released(self) -> list[tuple[int, int, int]]:
+        """The ranges released since the last call (the first call starts keeping them)."""
+        taken, self._released = self._released or [], []
+        return taken
+
+    def hold(self, ranges) -> list[tuple[int, int, int]]:
+        """Reserve the parts of ``ranges`` that are free now; return them as pieces (give
+        them back with ``cancel``)."""
+        pieces = []
+        for set_id, offset, length in ranges:
+            space = self._sets.get(set_id)
+            if space is None:
+                continue
+            end = offset + length
+            i = max(bisect_right(space.starts, offset) - 1, 0)
+            found = []
+            while i < len(space.starts) and space.starts[i] < end:
+                start = space.starts[i]
+                lo, hi = max(start, offset), min(start + space.free[start], end)
+                if lo < hi:
+                    found.append((lo, hi - lo))
+                i += 1
+            pieces.extend(self._take(set_id, lo, n) for lo, n in found)
+        return pieces
 
     def free_ranges(self) -> dict[int, list[tuple[int, int]]]:
         """Free ranges by set (quarantine not included): for comparisons in tests."""

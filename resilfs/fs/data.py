@@ -38,6 +38,7 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 FALLOC_MODES = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+DISCARD_INTERVAL = 1.0  # seconds between rounds of giving freed memory back
 #: below this many free bytes, files opened for writing bypass the kernel's writeback cache
 #: (see ``nearly_full``)
 NEARLY_FULL = 16 << 20
@@ -139,6 +140,8 @@ class FileData:
         self._grow_lock = trio.Lock()
         #: set id -> set bytes (whole pages) whose deferred writes were lost in this mount
         self._lost: dict[int, Intervals] = {}
+        self._discarding: trio.Event | None = None  # set when a round of discards ends
+        self._discard_scope = trio.CancelScope()
 
     @property
     def lost(self) -> bool:
@@ -302,6 +305,10 @@ class FileData:
             allocator = self.metadata.state.allocator
             if allocator.free_bytes() >= length:
                 return
+            if self._discarding is not None:  # freed space held while its memory goes back
+                await self._discarding.wait()
+                if allocator.free_bytes() >= length:
+                    return
             if allocator.quarantined_bytes():
                 try:
                     await self.metadata.journal.commit()  # also waits for one in flight
@@ -337,6 +344,36 @@ class FileData:
             lost = next((f for f, _, set_id, _ in node.extents if set_id == LOST), None)
             if lost is not None:
                 raise LostData(f"inode {ino}: the data at {lost} was lost (a failed flush)")
+
+    # -- memory of freed space -----------------------------------------------------
+    async def run_discards(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Give the appliance memory of freed space back (deleted files, truncated tails),
+        until ``stop_discards``. Every DISCARD_INTERVAL seconds the space the journal
+        released since is held reserved (the parts still free), discarded
+        (``Backing.discard``: whole stripes of healthy sets; errors are logged there) and
+        freed again; a writer that needs room meanwhile waits for the round (``_grow``).
+        Cancellation frees what the round held."""
+        allocator = self.metadata.state.allocator
+        with self._discard_scope:
+            allocator.take_released()  # from now on
+            task_status.started()
+            while True:
+                await trio.sleep(DISCARD_INTERVAL)
+                held = allocator.hold(r for r in allocator.take_released() if r[0] != LOST)
+                if not held:
+                    continue
+                self._discarding = trio.Event()
+                try:
+                    for set_id, offset, length in held:
+                        await self.backing.discard(set_id, offset, length)
+                finally:
+                    allocator.cancel(held)
+                    self._discarding.set()
+                    self._discarding = None
+
+    def stop_discards(self) -> None:
+        """End ``run_discards``."""
+        self._discard_scope.cancel()
 
     # -- truncate ------------------------------------------------------------------
     async def truncate(self, ino: int, size: int) -> None:

@@ -148,6 +148,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 await nursery.start(rebuild.run)
                 if cache is not None:
                     await nursery.start(cache.run)
+                await nursery.start(data.run_discards)
                 nursery.start_soon(signals.run)
                 nursery.start_soon(control.run)
                 nursery.start_soon(snapshots.sets.run)
@@ -163,6 +164,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 rebuild.stop()
                 control.stop()
                 snapshots.sets.stop()
+                data.stop_discards()
                 if cache is not None:
                     cache.stop()  # the exit stack flushes it
         finally:

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -125,15 +126,20 @@ def test_punch_hole_gives_appliance_memory_back(tmp_path, scheme):
                 fallocate(f.fileno(), PUNCH_HOLE | KEEP_SIZE, 2 * MiB, 8 * MiB)
                 os.fsync(f.fileno())
             data[2 * MiB:10 * MiB] = bytes(8 * MiB)
-            width = 2 if scheme == "mirror:2" else 3
-            per_copy = 8 * MiB if scheme == "mirror:2" else 4 * MiB  # ec:2+1: a half each
-            assert before - region_bytes(dirs) >= width * (per_copy - 256 * 1024)
+            width, k = (2, 1) if scheme == "mirror:2" else (3, 2)  # members, data chunks
+            assert before - region_bytes(dirs) >= width * (8 * MiB // k - 256 * 1024)
             check(path, bytes(data))
             c.remount()
             check(path, bytes(data))
             with open(path, "r+b") as f:  # the freed space is written again
                 f.write(os.urandom(12 * MiB))
                 os.fsync(f.fileno())
+            full = region_bytes(dirs)
+            os.unlink(path)  # the memory of a deleted file goes back too, in the background
+            deadline = time.monotonic() + 60
+            while full - region_bytes(dirs) < width * (12 * MiB // k - 256 * 1024):
+                assert time.monotonic() < deadline, "the deleted file's memory stayed"
+                time.sleep(0.05)
         finally:
             c.close()
     finally:

@@ -161,3 +161,24 @@ def test_placeable_sets():
     assert placeable([30, 30, 30, 30, 30, 30, 1], 1, 6) == 30
     assert placeable([100, 5, 5, 5, 5, 5, 5], 1, 6) == 6  # one region per appliance per set
     assert placeable([], 1, 6) == 0
+
+
+def test_allocator_holds_only_what_is_still_free():
+    from resilfs.fs.allocator import Allocator
+    a = Allocator()
+    a.add_set(1, 1 << 20)
+    a.take_released()  # keep released ranges from now on
+    pieces = a.reserve(256 << 10)
+    for piece in pieces:
+        a.mark_used(*piece)
+    a.free(1, 0, 256 << 10)
+    a.release(a.seal())
+    released = a.take_released()
+    assert released == [(1, 0, 256 << 10)]
+    reused = a.reserve(4096)  # a writer took a page back meanwhile
+    held = a.hold(released)
+    assert sum(n for _, _, n in held) == (256 << 10) - 4096
+    assert a.free_bytes() == (1 << 20) - (256 << 10)
+    a.cancel(held)
+    a.cancel(reused)
+    assert a.free_bytes() == 1 << 20 and a.take_released() == []
