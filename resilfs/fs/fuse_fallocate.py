@@ -28,7 +28,7 @@ _OPS_SYMBOL = b"__pyx_v_7pyfuse3_fuse_ops"
 _SESSION_SYMBOL = b"__pyx_v_7pyfuse3_session"
 _OPS_ENTRIES = 44  # struct fuse_lowlevel_ops of libfuse 3.14: init ... lseek
 _FALLOCATE = 40  # its index of fallocate (a stable ABI)
-_SEARCH = 1024  # bytes of struct fuse_session searched for the table
+_SEARCH = 512  # bytes of struct fuse_session searched for the table (3.14: at 32)
 
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                              ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
