@@ -340,7 +340,7 @@ class FileData:
     def check_lost(self, ino: int) -> None:
         """LostData if a range of file ``ino`` lost its data (see ``lost_writes``)."""
         node = self.metadata.inode(ino)
-        if node.extents is not None:
+        if node.extents is not None and node.extents.lost_bytes:
             lost = next((f for f, _, set_id, _ in node.extents if set_id == LOST), None)
             if lost is not None:
                 raise LostData(f"inode {ino}: the data at {lost} was lost (a failed flush)")

@@ -28,11 +28,12 @@ def page_up(offset: int) -> int:
 class ExtentMap:
     """The sorted extents of one file. Pure data: no I/O, no allocation."""
 
-    __slots__ = ("_starts", "_extents")
+    __slots__ = ("_starts", "_extents", "lost_bytes")
 
     def __init__(self):
         self._starts: list[int] = []
         self._extents: list[list[int]] = []  # [file_offset, length, set_id, set_offset]
+        self.lost_bytes = 0  # bytes mapped to LOST
 
     def __len__(self) -> int:
         return len(self._extents)
@@ -54,6 +55,8 @@ class ExtentMap:
                 raise ValueError(f"extent at {file_offset} overlaps one at {prev[0]}")
         if i < len(self._extents) and self._extents[i][0] < end:
             raise ValueError(f"extent at {file_offset} overlaps one at {self._extents[i][0]}")
+        if set_id == LOST:
+            self.lost_bytes += length
         if i > 0:
             prev = self._extents[i - 1]
             if (prev[0] + prev[1] == file_offset and prev[2] == set_id
@@ -124,6 +127,8 @@ class ExtentMap:
                 continue
             lo, hi = max(f, start), f + n if end is None else min(f + n, end)
             freed.append((s, o + lo - f, hi - lo))
+            if s == LOST:
+                self.lost_bytes -= hi - lo
             if f < lo:
                 kept_starts.append(f)
                 kept.append([f, lo - f, s, o])
