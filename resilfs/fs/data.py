@@ -14,7 +14,13 @@ data, or all data, durable (fsync). Truncate's zeroing is written through.
 Encoding, decoding and large copies happen in the set layer's worker threads; this module
 does no CPU work beyond slicing. Errors of the backing come out as DataUnavailable (EIO
 for that file only); cancellation of a write leaves the range as an interrupted write
-would, and gives reserved space back.
+would, and gives reserved space back. A range whose deferred writes were lost is mapped to
+LOST and answers LostData (EIO) from then on (``lost_writes``), never other bytes.
+
+Space: a write that finds no room commits the journal (releasing freed space) before it
+adds a set (``_grow``); ``fallocate`` maps, punches and zeroes ranges; the memory of
+punched and freed space goes back to the appliances (``Backing.discard``,
+``run_discards``).
 """
 import errno
 import logging
