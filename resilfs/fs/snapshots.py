@@ -46,7 +46,7 @@ from ..sets import snapshot as setsnap
 from ..transport.base import TransportError
 from .backing import SetBacking, set_name
 from .data import FileData
-from .errors import DataUnavailable, FsError, NoSpace, refuse
+from .errors import DataUnavailable, FsError, LostData, NoSpace, refuse
 from .extents import LOST
 from .journal import Journal
 from .metadata import NAME_MAX, Metadata, now_ns
@@ -434,6 +434,8 @@ class Snapshots:
         made[snap] = ino
         if s.extents is not None:
             for f, n, set_id, o in list(s.extents):
+                if set_id == LOST:
+                    raise LostData(f"snapshot inode {snap}: the data at {f} was lost")
                 for pos in range(f, f + n, COPY_CHUNK):
                     buf = bytearray(min(COPY_CHUNK, f + n - pos))
                     await self.backing.read_into(set_id, o + pos - f, buf)
