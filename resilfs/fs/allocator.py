@@ -21,15 +21,16 @@ class OutOfSpace(ResilfsError):
 
 
 class _SetSpace:
-    __slots__ = ("size", "starts", "free")
+    __slots__ = ("size", "starts", "free", "total")
 
     def __init__(self, size: int):
         self.size = size
         self.starts = [0]          # sorted starts of free ranges
         self.free = {0: size}      # start -> length
+        self.total = size          # sum of the free lengths
 
     def free_bytes(self) -> int:
-        return sum(self.free.values())
+        return self.total
 
     def take(self, offset: int, length: int) -> None:
         """Remove ``[offset, offset+length)`` from free space; ValueError if not all free."""
@@ -49,9 +50,11 @@ class _SetSpace:
         if tail:
             self.free[offset + length] = tail
             insort(self.starts, offset + length)
+        self.total -= length
 
     def give(self, offset: int, length: int) -> None:
         """Return a range to free space, merging with neighbours."""
+        added = length
         i = bisect_right(self.starts, offset)
         if i > 0:
             prev = self.starts[i - 1]
@@ -70,6 +73,7 @@ class _SetSpace:
                 del self.starts[i]
         self.free[offset] = length
         self.starts.insert(i, offset)
+        self.total += added
 
 
 class Allocator:
@@ -80,6 +84,7 @@ class Allocator:
         self._reserved: set[tuple[int, int, int]] = set()
         self._quarantine: list[tuple[int, int, int]] = []
         self._sealed = 0  # bytes sealed and neither released nor unsealed yet
+        self._quarantined = 0  # bytes in _quarantine
         #: ranges released since the last ``take_released`` (None: not kept)
         self._released: list[tuple[int, int, int]] | None = None
 
@@ -99,7 +104,7 @@ class Allocator:
 
     def quarantined_bytes(self) -> int:
         """Freed space waiting for its records to become durable (sealed or not)."""
-        return self._sealed + sum(length for _, _, length in self._quarantine)
+        return self._sealed + self._quarantined
 
     # -- allocation ------------------------------------------------------------
     def reserve(self, length: int, hint=None, align: tuple[int, int] | None = None):
@@ -170,17 +175,21 @@ class Allocator:
     def free(self, set_id: int, offset: int, length: int) -> None:
         """Quarantine a range that no file uses any more (see ``seal``)."""
         self._quarantine.append((set_id, offset, length))
+        self._quarantined += length
 
     def seal(self) -> list[tuple[int, int, int]]:
         """Take the quarantine so far: release it once the records that freed it are durable."""
         sealed, self._quarantine = self._quarantine, []
-        self._sealed += sum(length for _, _, length in sealed)
+        self._sealed += self._quarantined
+        self._quarantined = 0
         return sealed
 
     def unseal(self, sealed) -> None:
         """Put sealed ranges back into quarantine (their records did not become durable)."""
         self._quarantine[:0] = sealed
-        self._sealed -= sum(length for _, _, length in sealed)
+        moved = sum(length for _, _, length in sealed)
+        self._sealed -= moved
+        self._quarantined += moved
 
     def release(self, sealed) -> None:
         """Make sealed ranges reusable."""

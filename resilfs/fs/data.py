@@ -341,6 +341,9 @@ class FileData:
         write(2) data before the daemon sees it and reports a failed writeback only at
         fsync and close; a file opened for writing now should write through the kernel
         (direct I/O), so that write(2) itself gets ENOSPC once its data cannot be stored."""
+        allocator = self.metadata.state.allocator
+        if allocator.free_bytes() >= NEARLY_FULL:  # the common case: no appliance asked
+            return False
         return (await self.capacity())[1] < NEARLY_FULL
 
     def check_lost(self, ino: int) -> None:

@@ -108,6 +108,10 @@ def test_files_match_model(sequence, rnd):
                 assert md.inode(ino).size == len(model)
                 assert bytes(await data.read(ino, 0, len(model) + 10)) == bytes(model)
             await md.journal.commit()
+            allocator = md.state.allocator  # the running totals match the free ranges
+            assert allocator.free_bytes() == sum(n for ranges in allocator.free_ranges().values()
+                                                 for _, n in ranges)
+            assert allocator.quarantined_bytes() == 0
             replayed = await Journal.load(DirJournalStore(path))
             assert replayed.state.snapshot() == md.state.snapshot()
         trio.run(main)
