@@ -230,11 +230,11 @@ class Operations(pyfuse3.Operations):
     # -- files -----------------------------------------------------------------------
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
+        direct = await self.data.nearly_full()  # first: no await once the inode exists
         self._writable(parent_inode, name)
         node = self.metadata.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
                                     ctx.uid, ctx.gid)
         fh = self._open_handle(node.ino, flags)
-        direct = await self.data.nearly_full()
         return (pyfuse3.FileInfo(fh=fh, keep_cache=not direct, direct_io=direct),
                 self._entry(node))
 
