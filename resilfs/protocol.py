@@ -61,6 +61,7 @@ class Op:
     RDMA_REGION = 23  # a region's remote address for RDMA
     FORWARD_WRITE = 24  # write here, then update peer regions (claims 6-8)
     APPLY_DELTA = 25  # fold new data or a delta into a region (sent by a forwarding appliance)
+    DISCARD = 26  # a range of a region reads zeros from now on; its memory goes back
 
 
 OP_NAMES = {v: k.lower() for k, v in vars(Op).items() if not k.startswith("_")}

@@ -8,6 +8,11 @@ copies. A connection waiting for its next bytes while no other task is runnable 
 poll() on its socket and trio's epoll fd (``protocol_io.IdleWait``), not in trio's
 scheduler: other connections, signals (a graceful SIGTERM) and deadlines end that wait.
 
+Slots: a connection holds a pre-authentication slot of its peer's address until it
+authenticates (within AUTH_TIMEOUT, or it is closed); an address holds at most
+MAX_PREAUTH_PER_PEER of them, so that idle or slow connections from elsewhere never lock
+out the cluster's own clients.
+
 A refused operation gets an error reply and the connection goes on. A frame that breaks the
 framing (wrong version, oversized, a failed authentication) gets an error reply and the
 connection is closed. Nothing a client sends can stop the appliance or touch another
@@ -61,8 +66,12 @@ from .store import STATUS_SLOTS, check_range
 
 log = logging.getLogger(__name__)
 
-AUTH_TIMEOUT = 10.0  # seconds a new connection has to authenticate
-MAX_CONNECTIONS = 256
+AUTH_TIMEOUT = 5.0  # seconds a new connection has to authenticate
+MAX_CONNECTIONS = 1024  # open connections, authenticated or not
+#: connections not yet authenticated, per peer address (host; "unix" for the Unix socket)
+#: and in all: idle or slow intruders use up their own address's slots, not the clients'
+MAX_PREAUTH_PER_PEER = 16
+MAX_PREAUTH = 256
 FRAMES_PER_CHECKPOINT = 16  # frames served without blocking before yielding to others
 CLONE_STEP = 8 << 20  # bytes a clone copies between checkpoints (~0.5 ms)
 
@@ -82,6 +91,7 @@ class Appliance:
         self.metrics = metrics
         self.port = None
         self._connections = 0
+        self._preauth: dict[str, int] = {}  # peer host -> connections not authenticated yet
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
         """Listen on ``host:port`` and its Unix socket; report the tcp port once listening.
@@ -115,24 +125,45 @@ class Appliance:
                 log.error("accept failed: %s", e)
                 await trio.sleep(0.1)
                 continue
+            host = "unix" if local else address[0]
             peer = "unix" if local else f"{address[0]}:{address[1]}"
-            if self._connections >= MAX_CONNECTIONS:
-                log.error("refusing connection from %s: %d connections open", peer,
-                          self._connections)
+            refusal = self._refusal(host)
+            if refusal:
+                log.warning("refusing connection from %s: %s", peer, refusal)
                 sock.close()
                 continue
             if not local:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(Connection(self, nonblocking(sock), peer, local).run)
+            self._preauth[host] = self._preauth.get(host, 0) + 1
+            nursery.start_soon(Connection(self, nonblocking(sock), peer, local, host).run)
+
+    def _refusal(self, host: str) -> str | None:
+        """Why a new connection from ``host`` must be refused now, or None."""
+        if self._connections >= MAX_CONNECTIONS:
+            return f"{self._connections} connections open"
+        if self._preauth.get(host, 0) >= MAX_PREAUTH_PER_PEER:
+            return f"{MAX_PREAUTH_PER_PEER} connections from {host} not authenticated yet"
+        if sum(self._preauth.values()) >= MAX_PREAUTH:
+            return f"{MAX_PREAUTH} connections not authenticated yet"
+        return None
+
+    def authenticated(self, host: str) -> None:
+        """A connection from ``host`` authenticated (or ended before): its slot is free."""
+        left = self._preauth[host] - 1
+        if left:
+            self._preauth[host] = left
+        else:
+            del self._preauth[host]
 
 
 class Connection:
     """One client connection: handshake, then frames until it closes or breaks framing."""
 
-    def __init__(self, appliance: Appliance, sock, peer: str, local: bool):
+    def __init__(self, appliance: Appliance, sock, peer: str, local: bool, host: str):
         self.a = appliance
         self.sock = sock
         self.peer = peer
+        self.host = host  # whose pre-authentication slot this connection holds until then
         self.local = local
         self.reader = FrameReader(sock)  # waits in poll() while trio idles
         self.ops = 0
@@ -143,6 +174,7 @@ class Connection:
         self.control_ops = {
             Op.ALLOC: self._alloc, Op.FREE: self._free, Op.CLONE: self._clone,
             Op.LIST: self._list, Op.LOOKUP: self._lookup, Op.STAT: self._stat,
+            Op.DISCARD: self._discard,
             Op.RECORD_GET: self._record_get, Op.RECORD_PUT: self._record_put,
             Op.RECORD_LIST: self._record_list, Op.RECORD_DELETE: self._record_delete,
             Op.INTENT_BEGIN: self._intent_begin, Op.INTENT_END: self._intent_end,
@@ -164,6 +196,7 @@ class Connection:
         try:
             await self._handshake()
             self.authenticated = True
+            self.a.authenticated(self.host)
             while True:
                 for _ in range(FRAMES_PER_CHECKPOINT):
                     await self._serve_one()
@@ -176,6 +209,8 @@ class Connection:
             reason = f"dropped: {e.strerror or e}"
         finally:
             close_socket(self.sock)
+            if not self.authenticated:
+                self.a.authenticated(self.host)
             for resources in self.rdma_resources:
                 self.a.rdma.close(resources)
             self.a._connections -= 1
@@ -439,6 +474,15 @@ class Connection:
         log.info("cloned region %d into region %d (%d bytes, %s)", region_id,
                  region.region_id, region.size, self.peer)
         return self._describe(region)
+
+    async def _discard(self, r: Reader):
+        """The range reads zeros from now on; the whole pages inside it go back to the host
+        (``RegionStore.discard``)."""
+        region_id, key, offset, n = RANGE.unpack(r.raw(RANGE.size))
+        region = self.a.store.get(region_id, key)
+        check_range(region, offset, n)
+        self.a.store.discard(region, offset, n)
+        return b""
 
     async def _list(self, r: Reader):
         owner = r.str() if r.u32() else None

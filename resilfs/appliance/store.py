@@ -1,7 +1,9 @@
 """The appliance's regions: memory it lends, with capacity accounting and key checks.
 
 Each region is its own memfd, or with a persist dir its own file there (normally under
-/dev/shm) plus a small JSON metadata file, so an appliance restarted on the same host finds
+/dev/shm; its blocks allocated at once, so that a persist dir smaller than the capacity
+refuses the alloc with NoSpace rather than SIGBUS at a later write) plus a small JSON
+metadata file, so an appliance restarted on the same host finds
 its regions and their contents again. Both are mapped ``MAP_SHARED``; the shm transport
 hands the same file descriptor to clients.
 
@@ -11,6 +13,7 @@ else, so a client that checks its slot around every copy learns of a free made b
 
 Every refusal raises an ``ApplianceError`` subclass and changes nothing.
 """
+import errno
 import json
 import logging
 import mmap
@@ -23,6 +26,8 @@ from ..protocol import NoSpace, NoSuchRegion, OutOfBounds, ProtocolViolation, Wr
 log = logging.getLogger(__name__)
 
 STATUS_SLOTS = 1 << 20  # at most this many regions at once; 8 MiB of sparse memfd
+PAGE = mmap.PAGESIZE
+ZEROS_STEP = 1 << 20  # bytes zeroed at once where a discard cannot punch
 
 
 @dataclass(eq=False)
@@ -138,6 +143,8 @@ class RegionStore:
             fd = os.memfd_create(f"resilfs-region-{region_id}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
+            if self._dir:
+                _reserve(fd, size)
             region = self._map(region_id, size, owner, key, fd)
         except OSError as e:
             os.close(fd)
@@ -173,6 +180,23 @@ class RegionStore:
         self._free_slots.append(region.slot)
         return region
 
+    def discard(self, region: Region, offset: int, length: int) -> None:
+        """Zero ``[offset, offset+length)`` of ``region`` (checked by the caller), giving
+        the memory of the whole pages inside back to the host (MADV_REMOVE punches the
+        memfd or persisted file); where the host cannot, the bytes are written as zeros."""
+        start, stop = -(-offset // PAGE) * PAGE, (offset + length) // PAGE * PAGE
+        if start < stop:
+            try:
+                region.map.madvise(mmap.MADV_REMOVE, start, stop - start)
+            except OSError as e:
+                log.debug("region %d: MADV_REMOVE failed (%s): writing zeros",
+                          region.region_id, e)
+                start = stop = offset
+        for lo, hi in ((offset, min(start, offset + length)), (stop, offset + length)):
+            for pos in range(lo, hi, ZEROS_STEP):
+                end = min(pos + ZEROS_STEP, hi)
+                region.view[pos:end] = bytes(end - pos)
+
     def list(self, owner: str | None = None) -> list[Region]:
         return [r for r in self._regions.values() if owner is None or r.owner == owner]
 
@@ -187,6 +211,18 @@ class RegionStore:
         self._status.release()
         self._status_map.close()
         os.close(self.status_fd)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now, so that running out of room (a persist dir on a
+    tmpfs smaller than the capacity) fails the alloc with ENOSPC instead of killing the
+    appliance with SIGBUS at a later write into the mapping. A filesystem without
+    fallocate keeps the file sparse."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
 
 
 def check_range(region: Region, offset: int, length: int) -> memoryview:

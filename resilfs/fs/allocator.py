@@ -21,15 +21,16 @@ class OutOfSpace(ResilfsError):
 
 
 class _SetSpace:
-    __slots__ = ("size", "starts", "free")
+    __slots__ = ("size", "starts", "free", "total")
 
     def __init__(self, size: int):
         self.size = size
         self.starts = [0]          # sorted starts of free ranges
         self.free = {0: size}      # start -> length
+        self.total = size          # sum of the free lengths
 
     def free_bytes(self) -> int:
-        return sum(self.free.values())
+        return self.total
 
     def take(self, offset: int, length: int) -> None:
         """Remove ``[offset, offset+length)`` from free space; ValueError if not all free."""
@@ -49,9 +50,11 @@ class _SetSpace:
         if tail:
             self.free[offset + length] = tail
             insort(self.starts, offset + length)
+        self.total -= length
 
     def give(self, offset: int, length: int) -> None:
         """Return a range to free space, merging with neighbours."""
+        added = length
         i = bisect_right(self.starts, offset)
         if i > 0:
             prev = self.starts[i - 1]
@@ -70,6 +73,7 @@ class _SetSpace:
                 del self.starts[i]
         self.free[offset] = length
         self.starts.insert(i, offset)
+        self.total += added
 
 
 class Allocator:
@@ -79,6 +83,10 @@ class Allocator:
         self._sets: dict[int, _SetSpace] = {}
         self._reserved: set[tuple[int, int, int]] = set()
         self._quarantine: list[tuple[int, int, int]] = []
+        self._sealed = 0  # bytes sealed and neither released nor unsealed yet
+        self._quarantined = 0  # bytes in _quarantine
+        #: ranges released since the last ``take_released`` (None: not kept)
+        self._released: list[tuple[int, int, int]] | None = None
 
     # -- sets ------------------------------------------------------------------
     def add_set(self, set_id: int, size: int) -> None:
@@ -93,6 +101,10 @@ class Allocator:
     def free_bytes(self) -> int:
         """Free space, counting quarantined and reserved space as used."""
         return sum(space.free_bytes() for space in self._sets.values())
+
+    def quarantined_bytes(self) -> int:
+        """Freed space waiting for its records to become durable (sealed or not)."""
+        return self._sealed + self._quarantined
 
     # -- allocation ------------------------------------------------------------
     def reserve(self, length: int, hint=None, align: tuple[int, int] | None = None):
@@ -163,20 +175,54 @@ class Allocator:
     def free(self, set_id: int, offset: int, length: int) -> None:
         """Quarantine a range that no file uses any more (see ``seal``)."""
         self._quarantine.append((set_id, offset, length))
+        self._quarantined += length
 
     def seal(self) -> list[tuple[int, int, int]]:
         """Take the quarantine so far: release it once the records that freed it are durable."""
         sealed, self._quarantine = self._quarantine, []
+        self._sealed += self._quarantined
+        self._quarantined = 0
         return sealed
 
     def unseal(self, sealed) -> None:
         """Put sealed ranges back into quarantine (their records did not become durable)."""
         self._quarantine[:0] = sealed
+        moved = sum(length for _, _, length in sealed)
+        self._sealed -= moved
+        self._quarantined += moved
 
     def release(self, sealed) -> None:
         """Make sealed ranges reusable."""
         for set_id, offset, length in sealed:
             self._sets[set_id].give(offset, length)
+            self._sealed -= length
+        if self._released is not None:
+            self._released.extend(sealed)
+
+    def take_released(self) -> list[tuple[int, int, int]]:
+        """The ranges released since the last call (the first call starts keeping them)."""
+        taken, self._released = self._released or [], []
+        return taken
+
+    def hold(self, ranges) -> list[tuple[int, int, int]]:
+        """Reserve the parts of ``ranges`` that are free now; return them as pieces (give
+        them back with ``cancel``)."""
+        pieces = []
+        for set_id, offset, length in ranges:
+            space = self._sets.get(set_id)
+            if space is None:
+                continue
+            end = offset + length
+            i = max(bisect_right(space.starts, offset) - 1, 0)
+            found = []
+            while i < len(space.starts) and space.starts[i] < end:
+                start = space.starts[i]
+                lo, hi = max(start, offset), min(start + space.free[start], end)
+                if lo < hi:
+                    found.append((lo, hi - lo))
+                i += 1
+            pieces.extend(self._take(set_id, lo, n) for lo, n in found)
+        return pieces
 
     def free_ranges(self) -> dict[int, list[tuple[int, int]]]:
         """Free ranges by set (quarantine not included): for comparisons in tests."""

@@ -7,6 +7,8 @@ transport failures too) become DataUnavailable: EIO for the files on that set, n
 data.
 """
 import logging
+import math
+import zlib
 
 import trio
 
@@ -27,11 +29,17 @@ def set_name(set_id: int) -> str:
 
 class SetBacking(Backing):
     """Sets of one filesystem, created with ``scheme`` and ``codec`` (a backend name, None:
-    the default here) and opened lazily."""
+    the default here) and opened lazily.
+
+    Placement: a new set's regions go to the appliances with the most free memory first,
+    and ``free_bytes`` counts only the sets of ``set_size`` that fit that way, so the
+    space df shows can be written (a scheme of width W needs W distinct appliances with
+    room for a region each)."""
 
     def __init__(self, pool: AppliancePool, owner: str, scheme: str, *,
                  write_mode: str = "parallel", chunk_size: int = 64 * 1024,
-                 codec: str | None = None, rebuild: RebuildWorker | None = None):
+                 codec: str | None = None, rebuild: RebuildWorker | None = None,
+                 set_size: int = 256 << 20):
         self.pool = pool
         self.owner = owner
         self.scheme = scheme
@@ -41,7 +49,9 @@ class SetBacking(Backing):
         self.rebuild = rebuild
         self._sets: dict[int, ResiliencySet] = {}
         self._opening: dict[int, trio.Lock] = {}
-        self._capacity: tuple[float, int] | None = None
+        self.set_size = set_size
+        self._scheme = Scheme.parse(scheme)
+        self._capacity: tuple[float, dict[str, int]] | None = None  # (when, free by address)
 
     def sets(self) -> dict[int, ResiliencySet]:
         """The sets opened so far (for status and scrub)."""
@@ -64,11 +74,20 @@ class SetBacking(Backing):
             self.rebuild.watch(s)
 
     async def create_set(self, set_id: int, size: int) -> None:
+        """Create set ``set_id`` on the appliances with the most free memory (ties: in a
+        rotation by the set's name, to spread sets); NoSpace if they cannot hold it."""
+        free = await self._appliance_free(fresh=True)
+        candidates = list(self.pool.addresses)
+        if candidates:
+            start = zlib.crc32(f"{self.owner}/{set_name(set_id)}".encode()) % len(candidates)
+            candidates = candidates[start:] + candidates[:start]
+            candidates.sort(key=lambda a: -free.get(a, -1))  # down ones last
+        self._capacity = None
         try:
             codec = make_codec(self.scheme, self.chunk_size, self.codec)
             s = await ResiliencySet.create(self.pool, self.scheme, codec, size, self.owner,
                                            set_name(set_id), write_mode=self.write_mode,
-                                           chunk_size=self.chunk_size)
+                                           appliances=candidates, chunk_size=self.chunk_size)
         except NoPlacement as exc:
             raise NoSpace(f"no room for data set {set_id}: {exc}") from exc
         except SetError as exc:
@@ -126,14 +145,31 @@ class SetBacking(Backing):
         except SetError as exc:
             raise DataUnavailable(f"data set {set_id}: {exc}") from exc
 
+    async def discard(self, set_id: int, offset: int, length: int) -> None:
+        """Give the appliance memory of the free range back (the whole stripes in it, while
+        the set is healthy: ``ResiliencySet.discard``); set errors are logged."""
+        try:
+            s = self._sets.get(set_id) or await self.get(set_id)
+            await s.discard(offset, length)
+        except (DataUnavailable, SetError) as exc:
+            log.warning("data set %d: could not give back %d bytes at %d: %s", set_id,
+                        length, offset, exc)
+
     async def free_bytes(self) -> int:
-        """Free appliance memory times the scheme's data fraction (cached a moment)."""
+        """Bytes of file data in the sets of ``set_size`` that the appliances' free memory
+        can still hold with one region per member on distinct appliances (cached a moment)."""
+        free = await self._appliance_free()
+        k, width = self._scheme.data_chunks, self._scheme.width
+        stripe = k * self.chunk_size
+        region = math.ceil(self.set_size / stripe) * self.chunk_size
+        return placeable(list(free.values()), region, width) * self.set_size
+
+    async def _appliance_free(self, fresh: bool = False) -> dict[str, int]:
+        """Free memory of every appliance that answers (cached CAPACITY_CACHE seconds)."""
         now = trio.current_time()
-        if self._capacity is not None and now - self._capacity[0] < CAPACITY_CACHE:
+        if not fresh and self._capacity is not None and now - self._capacity[0] < CAPACITY_CACHE:
             return self._capacity[1]
         free = await self.pool.free_memory()
-        scheme = Scheme.parse(self.scheme)
-        free = free * scheme.data_chunks // scheme.width
         self._capacity = (now, free)
         return free
 
@@ -147,3 +183,18 @@ class SetBacking(Backing):
             except SetError as exc:
                 log.warning("closing data set %d: %s", set_id, exc)
         self._sets.clear()
+
+
+def placeable(free: list[int], region: int, width: int) -> int:
+    """How many sets of ``width`` regions of ``region`` bytes, each region on a different
+    appliance, fit into appliances with ``free`` bytes each (what most-free-first placement
+    achieves): the largest n with sum(min(slots_i, n)) >= width * n."""
+    slots = [f // region for f in free]
+    lo, hi = 0, sum(slots) // width if width else 0
+    while lo < hi:
+        n = (lo + hi + 1) // 2
+        if sum(min(s, n) for s in slots) >= width * n:
+            lo = n
+        else:
+            hi = n - 1
+    return lo

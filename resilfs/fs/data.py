@@ -14,23 +14,40 @@ data, or all data, durable (fsync). Truncate's zeroing is written through.
 Encoding, decoding and large copies happen in the set layer's worker threads; this module
 does no CPU work beyond slicing. Errors of the backing come out as DataUnavailable (EIO
 for that file only); cancellation of a write leaves the range as an interrupted write
-would, and gives reserved space back.
+would, and gives reserved space back. A range whose deferred writes were lost is mapped to
+LOST and answers LostData (EIO) from then on (``lost_writes``), never other bytes.
+
+Space: a write that finds no room commits the journal (releasing freed space) before it
+adds a set (``_grow``); ``fallocate`` maps, punches and zeroes ranges; the memory of
+punched and freed space goes back to the appliances (``Backing.discard``,
+``run_discards``).
 """
+import errno
 import logging
 from abc import ABC, abstractmethod
 from contextlib import asynccontextmanager
 
 import trio
 
+from ..errors import ResilfsError
 from .allocator import OutOfSpace
-from .errors import DataUnavailable
-from .extents import PAGE, page_down, page_up
-from .metadata import Metadata
+from .errors import DataUnavailable, LostData, refuse
+from .extents import LOST, PAGE, page_down, page_up
+from .intervals import Intervals
+from .metadata import Metadata, now_ns
 from .records import Op
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20  # FUSE never sends more; larger reads get a fresh buffer
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_MODES = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+DISCARD_INTERVAL = 1.0  # seconds between rounds of giving freed memory back
+#: below this many free bytes, files opened for writing bypass the kernel's writeback cache
+#: (see ``nearly_full``)
+NEARLY_FULL = 16 << 20
 DEFAULT_SET_SIZE = 256 << 20
 
 
@@ -63,6 +80,12 @@ class Backing(ABC):
         """Make what ``write_behind`` kept for ``ranges`` (``(set_id, offset, length)``
         triples; None: everything) durable. Raises DataUnavailable if some of it was lost.
         Nothing to do here: ``write_behind`` wrote through."""
+        return
+
+    async def discard(self, set_id: int, offset: int, length: int) -> None:
+        """Free space: its bytes need not be kept, and the appliances may take the memory
+        back (its bytes then read zeros). Best effort: nothing to do here; never raises
+        for a set that cannot do it."""
         return
 
     @asynccontextmanager
@@ -121,6 +144,15 @@ class FileData:
         self._zeros = bytes(MAX_REQUEST)
         self._allocating: dict[int, list] = {}  # ino -> [(start, stop, done event)]
         self._grow_lock = trio.Lock()
+        #: set id -> set bytes (whole pages) whose deferred writes were lost in this mount
+        self._lost: dict[int, Intervals] = {}
+        self._discarding: trio.Event | None = None  # set when a round of discards ends
+        self._discard_scope = trio.CancelScope()
+
+    @property
+    def lost(self) -> bool:
+        """Whether deferred writes were lost in this mount (the mount turns read-only)."""
+        return bool(self._lost)
 
     # -- reads ---------------------------------------------------------------------
     async def read(self, ino: int, offset: int, size: int) -> memoryview:
@@ -137,6 +169,9 @@ class FileData:
             part = view[f - offset:f - offset + n]
             if set_id is None:
                 part[:] = self._zeros[:n] if n <= MAX_REQUEST else bytes(n)
+            elif set_id == LOST:
+                self._buffers.give(buffer)
+                raise LostData(f"inode {ino}: the data at {f} was lost (a failed flush)")
             else:
                 reads.append((set_id, o, part))
         try:
@@ -156,23 +191,32 @@ class FileData:
         """
         node = self.metadata.inode(ino)
         view = memoryview(data).cast("B")
-        end = offset + len(view)
         if not view:
             return 0
+        await self._store(node, offset, view)
+        self.metadata.written(ino, offset + len(view))
+        return len(view)
+
+    async def _store(self, node, offset: int, view: memoryview) -> None:
+        """Write ``view`` at ``offset`` of the file, mapping the holes it covers (the size
+        is the caller's business)."""
+        end = offset + len(view)
         while node.extents.gaps(offset, end):
-            busy = self._overlapping(ino, page_down(offset), page_up(end))
+            busy = self._overlapping(node.ino, page_down(offset), page_up(end))
             if busy is not None:
                 await busy.wait()
             elif await self._write_allocating(node, offset, view):
                 break
         else:  # no holes (left): the range is mapped
             await self.backing.write_behind(self._mapped_writes(node, offset, view))
-        self.metadata.written(ino, end)
-        return len(view)
 
     def _mapped_writes(self, node, offset, view):
-        return [(set_id, o, view[f - offset:f - offset + n])
-                for f, n, set_id, o in node.extents.pieces(offset, offset + len(view))]
+        writes = []
+        for f, n, set_id, o in node.extents.pieces(offset, offset + len(view)):
+            if set_id == LOST:
+                raise LostData(f"inode {node.ino}: the data at {f} was lost (a failed flush)")
+            writes.append((set_id, o, view[f - offset:f - offset + n]))
+        return writes
 
     def _overlapping(self, ino: int, start: int, stop: int) -> trio.Event | None:
         for lo, hi, done in self._allocating.get(ino, ()):
@@ -193,6 +237,9 @@ class FileData:
         writes, maps, reserved = [], [], []
         try:
             for f, n, set_id, o in node.extents.pieces(start, stop):
+                if set_id == LOST:
+                    raise LostData(f"inode {node.ino}: the data at {f} was lost (a failed "
+                                   f"flush)")
                 if set_id is not None:
                     lo, hi = max(f, offset), min(f + n, end)
                     if lo < hi:
@@ -209,6 +256,9 @@ class FileData:
             allocator.cancel(reserved)
             await self._grow(sum(n for _, n in node.extents.gaps(offset, end)))
             return False
+        except LostData:
+            allocator.cancel(reserved)
+            raise
         entry = (start, stop, trio.Event())
         self._allocating.setdefault(node.ino, []).append(entry)
         try:
@@ -216,6 +266,9 @@ class FileData:
             if self.metadata.state.inodes.get(node.ino) is node:
                 for f, pieces in maps:
                     self.metadata.map(node.ino, f, pieces)
+                if self._lost and self._mark_lost_in(node):
+                    log.error("inode %d: a write was lost while it waited for room; it "
+                              "reads as EIO", node.ino)
             else:
                 allocator.cancel(reserved)  # deleted meanwhile
         except BaseException:
@@ -250,10 +303,25 @@ class FileData:
         return hint, align
 
     async def _grow(self, length: int) -> None:
-        """Add a set (one at a time: concurrent writers wait for the same one)."""
+        """Make room for ``length`` bytes: commit the journal if that releases space freed
+        meanwhile (rm, truncate: quarantined until their records are durable), else add a
+        set (one at a time: concurrent writers wait for the same one). NoSpace if the
+        appliances cannot hold another set; a failed commit is logged and a set added."""
         async with self._grow_lock:
-            if self.metadata.state.allocator.free_bytes() >= length:
+            allocator = self.metadata.state.allocator
+            if allocator.free_bytes() >= length:
                 return
+            if self._discarding is not None:  # freed space held while its memory goes back
+                await self._discarding.wait()
+                if allocator.free_bytes() >= length:
+                    return
+            if allocator.quarantined_bytes():
+                try:
+                    await self.metadata.journal.commit()  # also waits for one in flight
+                except ResilfsError as exc:
+                    log.warning("could not commit to release freed space: %s", exc)
+                if allocator.free_bytes() >= length:
+                    return
             set_id = self.metadata.state.next_set_id
             size = max(self.set_size, page_up(length))
             log.info("adding data set %d of %d bytes", set_id, size)
@@ -261,10 +329,60 @@ class FileData:
             self.metadata.add_set(set_id, size)
 
     async def capacity(self) -> tuple[int, int]:
-        """(total, free) bytes of file data: the sets' space plus what new sets could add."""
+        """(total, free) bytes of file data: the sets' space plus what new sets could add;
+        space freed but not yet committed counts as free (a write commits to use it)."""
         more = await self.backing.free_bytes()
         allocator = self.metadata.state.allocator
-        return allocator.total_bytes() + more, allocator.free_bytes() + more
+        free = allocator.free_bytes() + allocator.quarantined_bytes()  # free at next commit
+        return allocator.total_bytes() + more, free + more
+
+    async def nearly_full(self) -> bool:
+        """Whether less than NEARLY_FULL bytes are free. The kernel's writeback cache takes
+        write(2) data before the daemon sees it and reports a failed writeback only at
+        fsync and close; a file opened for writing now should write through the kernel
+        (direct I/O), so that write(2) itself gets ENOSPC once its data cannot be stored."""
+        allocator = self.metadata.state.allocator
+        if allocator.free_bytes() >= NEARLY_FULL:  # the common case: no appliance asked
+            return False
+        return (await self.capacity())[1] < NEARLY_FULL
+
+    def check_lost(self, ino: int) -> None:
+        """LostData if a range of file ``ino`` lost its data (see ``lost_writes``)."""
+        node = self.metadata.inode(ino)
+        if node.extents is not None and node.extents.lost_bytes:
+            lost = next((f for f, _, set_id, _ in node.extents if set_id == LOST), None)
+            if lost is not None:
+                raise LostData(f"inode {ino}: the data at {lost} was lost (a failed flush)")
+
+    # -- memory of freed space -----------------------------------------------------
+    async def run_discards(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Give the appliance memory of freed space back (deleted files, truncated tails),
+        until ``stop_discards``. Every DISCARD_INTERVAL seconds the space the journal
+        released since is held reserved (the parts still free), discarded
+        (``Backing.discard``: whole stripes of healthy sets; errors are logged there) and
+        freed again; a writer that needs room meanwhile waits for the round (``_grow``).
+        Cancellation frees what the round held."""
+        allocator = self.metadata.state.allocator
+        with self._discard_scope:
+            allocator.take_released()  # from now on
+            task_status.started()
+            while True:
+                await trio.sleep(DISCARD_INTERVAL)
+                held = allocator.hold(r for r in allocator.take_released() if r[0] != LOST)
+                if not held:
+                    continue
+                self._discarding = trio.Event()
+                try:
+                    for set_id, offset, length in held:
+                        await self.backing.discard(set_id, offset, length)
+                finally:
+                    allocator.cancel(held)
+                    self._discarding.set()
+                    self._discarding = None
+
+    def stop_discards(self) -> None:
+        """End ``run_discards``."""
+        self._discard_scope.cancel()
 
     # -- truncate ------------------------------------------------------------------
     async def truncate(self, ino: int, size: int) -> None:
@@ -274,9 +392,71 @@ class FileData:
             tail = min(page_up(size), node.size) - size
             writes = [(set_id, o, self._zeros[:n])
                       for _, n, set_id, o in node.extents.pieces(size, size + tail)
-                      if set_id is not None]
+                      if set_id is not None and set_id != LOST]
             await run_all(self.backing.write, writes)
         self.metadata.setattr(ino, size=size)
+
+    # -- fallocate -----------------------------------------------------------------
+    async def fallocate(self, ino: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) as tmpfs has it. Mode 0 maps zero-filled space for the holes of
+        the range and grows the size to its end; with FALLOC_FL_KEEP_SIZE the size stays.
+        FALLOC_FL_PUNCH_HOLE (with KEEP_SIZE) unmaps the whole pages of the range, whose
+        space is free at once and whose appliance memory goes back (``Backing.discard``),
+        and zeroes the rest of it. FALLOC_FL_ZERO_RANGE zeroes the
+        range and maps its holes. Refused, changing nothing: EOPNOTSUPP for other modes,
+        EINVAL for a bad range or a file that is not regular, ENOSPC when the holes to map
+        do not fit (checked first). A failure of the sets later (EIO) may leave part done.
+        """
+        node = self.metadata.inode(ino)
+        if node.extents is None or offset < 0 or length <= 0:
+            raise refuse(errno.EINVAL, "fallocate needs a regular file and a range")
+        if mode & ~FALLOC_MODES:
+            raise refuse(errno.EOPNOTSUPP, f"fallocate mode {mode:#x} is not supported")
+        punch = bool(mode & FALLOC_FL_PUNCH_HOLE)
+        if punch and (not mode & FALLOC_FL_KEEP_SIZE or mode & FALLOC_FL_ZERO_RANGE):
+            raise refuse(errno.EOPNOTSUPP, "punching a hole needs KEEP_SIZE alone")
+        end = offset + length
+        if punch:
+            start, stop = page_up(offset), page_down(end)
+            # the memory first, while the file still maps the range: once its space is
+            # free, a write of another file could land there before a discard
+            for set_id, o, n in [(s, o, n) for _, n, s, o in node.extents.pieces(start, stop)
+                                 if s is not None and s != LOST] if start < stop else []:
+                await self.backing.discard(set_id, o, n)
+            node = self.metadata.inode(ino)
+            if start < stop and any(s is not None for _, _, s, _ in
+                                    node.extents.pieces(start, stop)):
+                self.metadata.punch(ino, start, stop - start)
+            edges = [(offset, min(start, end)), (max(stop, offset), end)] if start < stop \
+                else [(offset, end)]
+            for lo, hi in edges:
+                await self._zero_mapped(node, lo, hi)
+            self.metadata.setattr(ino, mtime=now_ns())
+            return
+        holes = node.extents.gaps(offset, end)
+        if sum(n for _, n in holes) > (await self.capacity())[1]:
+            raise refuse(errno.ENOSPC, f"no room to allocate {length} bytes")
+        if mode & FALLOC_FL_ZERO_RANGE:
+            await self._zero_mapped(node, offset, end)
+        for f, n in holes:
+            for pos in range(f, f + n, MAX_REQUEST):
+                await self._store(node, pos, memoryview(self._zeros)[:min(MAX_REQUEST,
+                                                                          f + n - pos)])
+        if not mode & FALLOC_FL_KEEP_SIZE and end > node.size:
+            self.metadata.setattr(ino, size=end)
+        elif mode & FALLOC_FL_ZERO_RANGE:
+            self.metadata.setattr(ino, mtime=now_ns())
+
+    async def _zero_mapped(self, node, start: int, end: int) -> None:
+        """Write zeros over the mapped bytes of ``[start, end)`` (holes read zeros already;
+        lost ranges stay lost)."""
+        writes = []
+        for _f, n, set_id, o in node.extents.pieces(start, end):
+            if set_id is not None and set_id != LOST:
+                for pos in range(0, n, MAX_REQUEST):
+                    writes.append((set_id, o + pos, self._zeros[:min(MAX_REQUEST, n - pos)]))
+        if writes:
+            await self.backing.write_behind(writes)
 
     # -- durability ----------------------------------------------------------------
     async def flush(self, ino: int | None = None) -> None:
@@ -289,7 +469,9 @@ class FileData:
             return
         node = self.metadata.inode(ino)
         if node.extents is not None:
-            await self.backing.flush([(set_id, o, n) for _, n, set_id, o in node.extents])
+            await self.backing.flush([(set_id, o, n) for _, n, set_id, o in node.extents
+                                      if set_id != LOST])
+            self.check_lost(ino)
 
     def writing_through(self):
         """See ``Backing.writing_through`` (snapshots are taken inside it)."""
@@ -297,16 +479,62 @@ class FileData:
 
     async def flush_mapped(self, batch) -> None:
         """Make the data that the MAP records among journal records ``batch`` map durable
-        (before the batch is: ``Journal.before_append``). Data lost meanwhile is logged and
-        stays mapped: its set is beyond tolerance, so reading it answers EIO."""
-        maps = (r for r in batch if r[0] == Op.MAP)
-        ranges = [(set_id, set_offset, length)
-                  for _op, _ino, _file_offset, length, set_id, set_offset in maps]
-        if ranges:
+        (before the batch is: ``Journal.before_append``). Data lost meanwhile (``lost``)
+        is mapped to LOST in ``batch`` itself (the records are replaced in place), so that
+        no durable record ever maps set space that lacks the file's data; the live state
+        got the same change from ``lost``, in this batch or a later one."""
+        maps = [r for r in batch if r[0] == Op.MAP and r[4] != LOST]
+        if maps:
             try:
-                await self.backing.flush(ranges)
+                await self.backing.flush([(r[4], r[5], r[3]) for r in maps])
             except DataUnavailable as exc:
                 log.error("journal batch maps data that was lost: %s", exc)
+        if self._lost:
+            batch[:] = [piece for record in batch for piece in self._split_lost(record)]
+
+    def _split_lost(self, record):
+        """``record``, or for a MAP record of lost set bytes the MAP records that map
+        those bytes to LOST and the rest as they were."""
+        if record[0] != Op.MAP or record[4] not in self._lost:
+            return [record]
+        op, ino, f, n, set_id, o = record
+        lost = self._lost[set_id]
+        if not any(True for _ in lost.within(o, o + n)):
+            return [record]
+        out, pos = [], o
+        for lo, hi in lost.within(o, o + n):
+            if pos < lo:
+                out.append((op, ino, f + pos - o, lo - pos, set_id, pos))
+            out.append((op, ino, f + lo - o, hi - lo, LOST, f + lo - o))
+            pos = hi
+        if pos < o + n:
+            out.append((op, ino, f + pos - o, o + n - pos, set_id, pos))
+        return out
+
+    def lost_writes(self, set_id: int, ranges) -> None:
+        """Deferred writes to ``(offset, length)`` ranges of set ``set_id`` were lost (the
+        write-behind cache calls this, with no await, when a flush fails): every file range
+        mapping those bytes (whole pages) reads as EIO from now on, and the mount turns
+        read-only (``lost``). Never awaits."""
+        lost = self._lost.setdefault(set_id, Intervals())
+        for offset, length in ranges:
+            lost.add(page_down(offset), page_up(offset + length))
+        files = [node.ino for node in list(self.metadata.state.inodes.values())
+                 if node.extents is not None and self._mark_lost_in(node)]
+        log.error("data set %d: %d bytes of deferred writes lost; what they wrote in inodes "
+                  "%s reads as EIO", set_id, sum(n for _, n in ranges), files)
+
+    def _mark_lost_in(self, node) -> int:
+        """Map to LOST the ranges of ``node`` whose set bytes are in ``_lost``; return how
+        many bytes."""
+        found = []
+        for f, n, set_id, o in node.extents:
+            lost = self._lost.get(set_id)
+            if lost is not None:
+                found.extend((f + lo - o, hi - lo) for lo, hi in lost.within(o, o + n))
+        for f, n in found:
+            self.metadata.mark_lost(node.ino, f, n)
+        return sum(n for _, n in found)
 
 
 async def run_all(call, jobs) -> None:

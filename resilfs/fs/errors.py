@@ -29,6 +29,14 @@ class DataUnavailable(FsError):
     errno = errno.EIO
 
 
+class LostData(FsError):
+    """A file range whose data never reached its set (a write-behind flush lost beyond the
+    set's tolerance): it reads as EIO until it is truncated or the file deleted. Not a new
+    loss, so it does not turn the filesystem read-only by itself."""
+
+    errno = errno.EIO
+
+
 class ReadOnly(FsError):
     """A change refused: the filesystem is read-only (failsafe, after data loss), or the
     target is in the read-only snapshot view."""

@@ -5,11 +5,16 @@ An extent maps ``[file_offset, file_offset + length)`` of a file onto
 aligned, never overlap, and are kept sorted; an extent that continues the previous one in
 both the file and the set is merged into it, so a file written sequentially from fresh
 space is one extent per set. Unmapped ranges are holes and read as zeros.
+
+Set id ``LOST`` (0, never a real set) marks a range whose data never reached its set (a
+write-behind flush lost beyond the set's tolerance): it reads as EIO, never as the bytes
+the set space held before.
 """
 from bisect import bisect_right
 from collections.abc import Iterator
 
 PAGE = 4096
+LOST = 0  # the set id of ranges whose data was lost (see the module docstring)
 
 
 def page_down(offset: int) -> int:
@@ -23,11 +28,12 @@ def page_up(offset: int) -> int:
 class ExtentMap:
     """The sorted extents of one file. Pure data: no I/O, no allocation."""
 
-    __slots__ = ("_starts", "_extents")
+    __slots__ = ("_starts", "_extents", "lost_bytes")
 
     def __init__(self):
         self._starts: list[int] = []
         self._extents: list[list[int]] = []  # [file_offset, length, set_id, set_offset]
+        self.lost_bytes = 0  # bytes mapped to LOST
 
     def __len__(self) -> int:
         return len(self._extents)
@@ -49,6 +55,8 @@ class ExtentMap:
                 raise ValueError(f"extent at {file_offset} overlaps one at {prev[0]}")
         if i < len(self._extents) and self._extents[i][0] < end:
             raise ValueError(f"extent at {file_offset} overlaps one at {self._extents[i][0]}")
+        if set_id == LOST:
+            self.lost_bytes += length
         if i > 0:
             prev = self._extents[i - 1]
             if (prev[0] + prev[1] == file_offset and prev[2] == set_id
@@ -103,20 +111,29 @@ class ExtentMap:
 
     def cut(self, keep: int) -> list[tuple[int, int, int]]:
         """Unmap everything at or after page-aligned ``keep``; return the freed set ranges."""
+        return self.punch(keep, None)
+
+    def punch(self, start: int, end: int | None) -> list[tuple[int, int, int]]:
+        """Unmap the page-aligned range ``[start, end)`` (None: to the end of the file);
+        return the freed ``(set_id, set_offset, length)`` ranges in file order."""
         freed = []
-        i = bisect_right(self._starts, keep) - 1
-        if i >= 0:
-            e = self._extents[i]
-            if e[0] + e[1] > keep:
-                tail = e[0] + e[1] - keep
-                freed.append((e[2], e[3] + (keep - e[0]), tail))
-                e[1] -= tail
-                if e[1] == 0:
-                    del self._starts[i]
-                    del self._extents[i]
-                    i -= 1
-        for e in self._extents[i + 1:]:
-            freed.append((e[2], e[3], e[1]))
-        del self._starts[i + 1:]
-        del self._extents[i + 1:]
+        i = max(bisect_right(self._starts, start) - 1, 0)
+        kept_starts, kept = self._starts[:i], self._extents[:i]
+        for e in self._extents[i:]:
+            f, n, s, o = e
+            if f + n <= start or (end is not None and f >= end):
+                kept_starts.append(f)
+                kept.append(e)
+                continue
+            lo, hi = max(f, start), f + n if end is None else min(f + n, end)
+            freed.append((s, o + lo - f, hi - lo))
+            if s == LOST:
+                self.lost_bytes -= hi - lo
+            if f < lo:
+                kept_starts.append(f)
+                kept.append([f, lo - f, s, o])
+            if hi < f + n:
+                kept_starts.append(hi)
+                kept.append([hi, f + n - hi, s, o + hi - f])
+        self._starts, self._extents = kept_starts, kept
         return freed

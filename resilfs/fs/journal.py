@@ -108,7 +108,8 @@ class Journal:
         self._checkpoint_bytes = 0
         self.commit_needed = trio.Event()
         #: awaited with the records of each batch before it is appended (the mount makes
-        #: the file data that MAP records point at durable first: ordered data)
+        #: the file data that MAP records point at durable first: ordered data; it may
+        #: replace records of the list in place, e.g. map data it found lost to LOST)
         self.before_append: Callable[[list[tuple]], Awaitable[None]] | None = None
         self.commit_latency = Latency()  # of each batch appended (for the mount's metrics)
 

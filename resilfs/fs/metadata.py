@@ -20,6 +20,7 @@ import stat
 import time
 
 from .errors import FsError, refuse
+from .extents import LOST
 from .journal import Journal
 from .records import (
     ATTR_ATIME,
@@ -353,3 +354,16 @@ class Metadata:
         for set_id, set_offset, length in pieces:
             self.journal.record((Op.MAP, ino, file_offset, length, set_id, set_offset))
             file_offset += length
+
+    def punch(self, ino: int, file_offset: int, length: int) -> None:
+        """Unmap the page-aligned range (a hole from now on; its space is freed)."""
+        node = self.inode(ino)
+        if node.extents is None:
+            raise refuse(errno.EINVAL, "only regular files have data")
+        self.journal.record((Op.PUNCH, ino, file_offset, length))
+
+    def mark_lost(self, ino: int, file_offset: int, length: int) -> None:
+        """The page-aligned range's data never reached its set: it reads as EIO from now on
+        (mapped to set LOST), and the set space it had is freed."""
+        self.punch(ino, file_offset, length)
+        self.journal.record((Op.MAP, ino, file_offset, length, LOST, file_offset))

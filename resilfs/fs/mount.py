@@ -34,6 +34,7 @@ from .control import Control
 from .data import FileData
 from .errors import FsError
 from .extents import PAGE
+from .fuse_fallocate import FallocateHook
 from .journal import Journal, JournalStore, JournalWorker, encode_checkpoint
 from .journal_appliance import ApplianceJournalStore, FormatTooNew
 from .journal_dir import DirJournalStore
@@ -124,7 +125,8 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
             log.info("deleted %d files left open by a crash", orphans)
         rebuild = RebuildWorker()
         backing = SetBacking(pool, cluster.name, fmt.scheme, write_mode=write_mode,
-                             chunk_size=fmt.chunk_size, codec=fmt.codec, rebuild=rebuild)
+                             chunk_size=fmt.chunk_size, codec=fmt.codec, rebuild=rebuild,
+                             set_size=fmt.set_size)
         scheme = Scheme.parse(fmt.scheme)
         stripe = fmt.chunk_size * scheme.data_chunks if scheme.data_chunks > 1 else PAGE
         cache = None
@@ -134,8 +136,10 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                                 limit=cache_size)
         stack.push_async_callback((cache or backing).aclose)  # the cache flushes first
         data = FileData(metadata, cache or backing, fmt.set_size, stripe)
+        if cache is not None:
+            cache.on_lost = data.lost_writes
         journal.before_append = data.flush_mapped
-        failsafe = Failsafe()
+        failsafe = Failsafe(data=data)
         control = Control(cluster.name, metadata, data, backing, journal, failsafe,
                           cache=cache)
         snapshots = Snapshots(metadata, data, backing, journal, mountpoint)
@@ -150,15 +154,19 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",
                                                           fuse_extra))
+        fallocate = FallocateHook(operations.fallocate)
+        fallocate.install()  # before main(): no request has been read yet
         signals = _SignalWatcher()
         signals.ignore_outside()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(signals.run)  # first: signals are ignored until then
+                fallocate.nursery = nursery
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
                 if cache is not None:
                     await nursery.start(cache.run)
+                await nursery.start(data.run_discards)
                 nursery.start_soon(control.run)
                 nursery.start_soon(snapshots.sets.run)
                 nursery.start_soon(backing.open_all,
@@ -173,11 +181,17 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 rebuild.stop()
                 control.stop()
                 snapshots.sets.stop()
+                data.stop_discards()
                 if cache is not None:
                     cache.stop()  # the exit stack flushes it
         finally:
             # main() returns without our help only when the kernel unmounted already
             pyfuse3.close(unmount=signals.received or not signals.stopped)
+        if cache is not None:  # before the last commit, which records any loss it finds
+            try:
+                await cache.flush()
+            except FsError as exc:
+                log.error("unmount: %s", exc)
         await journal.commit()
         await journal.checkpoint()
         log.info("unmounted %s from %s", cluster.name, mountpoint)

@@ -13,9 +13,14 @@ so attributes may be cached long. On a size change by SETATTR or by an O_TRUNC o
 kernel truncates its own page cache (and mappings) before the reply. Changes the kernel
 did not make itself (a snapshot restore) are announced to it by the snapshot code.
 
+Space: while the filesystem is nearly full, files are opened for writing with direct I/O
+(``FileData.nearly_full``), so that write(2) gets ENOSPC as soon as its data cannot be
+stored rather than at fsync or close.
+
 Failsafe: when a request finds data unavailable beyond the set's tolerance, that request
 gets EIO and the filesystem turns read-only (``Failsafe``; ReadOnly, EROFS, for every later
-change); reads of other files keep working.
+change); a flush that lost data beyond tolerance turns it read-only too; reads of other
+files keep working.
 """
 import errno
 import functools
@@ -109,8 +114,18 @@ class Failsafe:
     request that found data lost beyond a set's tolerance. Made before the ``Operations``
     that sets it and the ``Control`` that reports it, which both hold it."""
 
-    def __init__(self, read_only: bool = False):
-        self.read_only = read_only
+    def __init__(self, read_only: bool = False, data: FileData | None = None):
+        self._read_only = read_only
+        self._data = data  # its ``lost``: a flush lost data beyond tolerance
+
+    @property
+    def read_only(self) -> bool:
+        """Mounted read-only, or turned so by a loss (a failed request, a failed flush)."""
+        return self._read_only or (self._data is not None and self._data.lost)
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        self._read_only = value
 
 
 class Operations(pyfuse3.Operations):
@@ -124,9 +139,10 @@ class Operations(pyfuse3.Operations):
         self.data = data
         self.journal = journal
         self.control = control  # answers user.resilfs.* (resilfs.fs.control.Control)
-        self.failsafe = failsafe or Failsafe()
+        self.failsafe = failsafe or Failsafe(data=data)
         self.snapshots = snapshots  # resilfs.fs.snapshots.Snapshots: .snapshots is read-only
         self._handles: dict[int, int] = {}  # file handle -> inode
+        self._writers: set[int] = set()  # file handles opened for writing
         self._next_fh = 1
         self.requests = Requests(HANDLERS)  # per-handler counts, for resilfs.fs.metrics
 
@@ -159,10 +175,12 @@ class Operations(pyfuse3.Operations):
             raise ReadOnly("snapshots are read-only")
         self.journal.check_room()  # EIO while too many changes wait for a failing commit
 
-    def _open_handle(self, ino: int) -> int:
+    def _open_handle(self, ino: int, flags: int) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = ino
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            self._writers.add(fh)
         self.metadata.opened(ino)
         return fh
 
@@ -256,11 +274,13 @@ class Operations(pyfuse3.Operations):
     # -- files -----------------------------------------------------------------------
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
+        direct = await self.data.nearly_full()  # first: no await once the inode exists
         self._writable(parent_inode, name)
         node = self.metadata.create(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
                                     ctx.uid, ctx.gid)
-        fh = self._open_handle(node.ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(node)
+        fh = self._open_handle(node.ino, flags)
+        return (pyfuse3.FileInfo(fh=fh, keep_cache=not direct, direct_io=direct),
+                self._entry(node))
 
     @_handler
     async def open(self, inode, flags, ctx):
@@ -271,7 +291,9 @@ class Operations(pyfuse3.Operations):
             self._writable(inode)
         if flags & os.O_TRUNC and node.size:
             await self.data.truncate(inode, 0)  # the kernel drops its pages itself
-        return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=True)
+        direct = bool(flags & (os.O_WRONLY | os.O_RDWR)) and await self.data.nearly_full()
+        return pyfuse3.FileInfo(fh=self._open_handle(inode, flags), keep_cache=not direct,
+                                direct_io=direct)
 
     @_handler
     async def read(self, fh, off, size):
@@ -287,11 +309,21 @@ class Operations(pyfuse3.Operations):
         return written
 
     @_handler
+    async def fallocate(self, inode, mode, offset, length):
+        """FUSE_FALLOCATE (served through ``resilfs.fs.fuse_fallocate``)."""
+        self._writable(inode)
+        await self.data.fallocate(inode, mode, offset, length)
+
+    @_handler
     async def flush(self, fh):
-        pass  # durability is fsync's job (writes may wait in the write-behind cache)
+        # durability is fsync's job (writes may wait in the write-behind cache); closing
+        # a file opened for writing reports data of the file already known lost
+        if fh in self._writers:
+            self.data.check_lost(self._handles[fh])
 
     @_handler
     async def release(self, fh):
+        self._writers.discard(fh)
         self.metadata.released(self._handles.pop(fh))
 
     @_handler

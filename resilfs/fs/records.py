@@ -37,6 +37,7 @@ class Op(IntEnum):
     SNAPSHOT = 15  # id, name, time, source ino, top ino, first ino, last ino, bytes, sources
     UNSNAPSHOT = 16  # snapshot id: the snapshot and its sets are gone (inodes DELETEd before)
     SNAPSET_RECORD = 17  # snapshot set id, source set id, its membership record as taken
+    PUNCH = 18  # ino, file offset, length: unmap a page-aligned range (a hole; space freed)
 
 
 LAYOUTS = {
@@ -57,6 +58,7 @@ LAYOUTS = {
     Op.SNAPSHOT: "QBqQQQQQB",
     Op.UNSNAPSHOT: "Q",
     Op.SNAPSET_RECORD: "QQB",
+    Op.PUNCH: "QQQ",
 }
 
 # SETATTR mask bits

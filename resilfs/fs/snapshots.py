@@ -46,7 +46,8 @@ from ..sets import snapshot as setsnap
 from ..transport.base import TransportError
 from .backing import SetBacking, set_name
 from .data import FileData
-from .errors import DataUnavailable, FsError, NoSpace, refuse
+from .errors import DataUnavailable, FsError, LostData, NoSpace, refuse
+from .extents import LOST
 from .journal import Journal
 from .metadata import NAME_MAX, Metadata, now_ns
 from .records import ATTR_CTIME, Op
@@ -260,7 +261,7 @@ class Snapshots:
 
     def _sets_of(self, ino: int):
         return {e[2] for node in self._walk(ino) if node.extents is not None
-                for e in node.extents}
+                for e in node.extents if e[2] != LOST}
 
     def _capture(self, ino: int) -> list[tuple]:
         """The tree as plain data: (inode, attributes, xattrs, extents, children)."""
@@ -316,7 +317,7 @@ class Snapshots:
             for child_name, child in children or ():
                 record((Op.DIRENT, new[ino], child_name, new[child]))
             for f, n, set_id, o in extents or ():
-                record((Op.MAP, new[ino], f, n, new_ids[set_id], o))
+                record((Op.MAP, new[ino], f, n, LOST if set_id == LOST else new_ids[set_id], o))
         record((Op.LINK, folder, name, new[source], t))
         ctime = tree[0][0][8]
         record((Op.SETATTR, new[source], ATTR_CTIME, 0, 0, 0, 0, 0, 0, ctime))
@@ -433,6 +434,8 @@ class Snapshots:
         made[snap] = ino
         if s.extents is not None:
             for f, n, set_id, o in list(s.extents):
+                if set_id == LOST:
+                    raise LostData(f"snapshot inode {snap}: the data at {f} was lost")
                 for pos in range(f, f + n, COPY_CHUNK):
                     buf = bytearray(min(COPY_CHUNK, f + n - pos))
                     await self.backing.read_into(set_id, o + pos - f, buf)

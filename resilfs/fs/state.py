@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .allocator import Allocator
-from .extents import ExtentMap, page_up
+from .extents import LOST, ExtentMap, page_up
 from .records import (
     ATTR_ATIME,
     ATTR_CTIME,
@@ -146,7 +146,8 @@ class State:
 
     def _free(self, pieces) -> None:
         for piece in pieces:
-            if piece[0] not in self.snapsets:  # snapshot sets are freed whole
+            # snapshot sets are freed whole; LOST is no set
+            if piece[0] not in self.snapsets and piece[0] != LOST:
                 self.allocator.free(*piece)
 
     def apply(self, record) -> None:
@@ -240,8 +241,11 @@ class State:
 
     def _map(self, ino, file_offset, length, set_id, set_offset):
         self.inodes[ino].extents.add(file_offset, length, set_id, set_offset)
-        if set_id not in self.snapsets:
+        if set_id not in self.snapsets and set_id != LOST:
             self.allocator.mark_used(set_id, set_offset, length)
+
+    def _punch(self, ino, file_offset, length):
+        self._free(self.inodes[ino].extents.punch(file_offset, file_offset + length))
 
     def _delete(self, ino):
         node = self.inodes.pop(ino)
@@ -330,4 +334,5 @@ _APPLY = {
     Op.DELETE: State._delete, Op.SET: State._set, Op.NEXT: State._next,
     Op.FORMAT: State._format, Op.SNAPSET: State._snapset, Op.SNAPSHOT: State._snapshot,
     Op.UNSNAPSHOT: State._unsnapshot, Op.SNAPSET_RECORD: State._snapset_record,
+    Op.PUNCH: State._punch,
 }

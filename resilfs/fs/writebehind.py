@@ -39,7 +39,9 @@ write copies all its data before its first await.
 
 Failures. A flush that fails beyond the set's tolerance (DataUnavailable; any other error
 is logged with its traceback and treated alike) loses the block's dirty bytes, as the
-kernel drops pages whose writeback failed. The loss is remembered for the mount's lifetime:
+kernel drops pages whose writeback failed, and tells ``on_lost`` which set bytes they were
+(the file ranges mapping them then read as EIO, never as what the set held before: see
+``FileData.lost_writes``). The loss is remembered for the mount's lifetime:
 ``flush`` of ranges that touch a lost block raises DataUnavailable (fsync answers EIO), and
 later writes into that set go through, so that they fail at once. Failures
 within tolerance are invisible, as without the cache (the set degrades). Cancellation of a
@@ -110,6 +112,8 @@ class WriteBehind(Backing):
 
     ``set_size(set_id)`` gives a set's size (the last block of a set may be short).
     ``run()`` must be running while the cache is used: writers over the limit wait for it.
+    ``on_lost(set_id, ranges)``, if set, is called (no await) with the ``(offset, length)``
+    set ranges whose dirty bytes a failed flush lost (``FileData.lost_writes``).
     """
 
     def __init__(self, inner: Backing, block_size: int, set_size: Callable[[int], int], *,
@@ -130,6 +134,7 @@ class WriteBehind(Backing):
         self._lost: dict[int, set[int]] = {}  # set id -> blocks whose dirty bytes were lost
         self._failures = 0
         self._writing_through = 0  # callers inside writing_through()
+        self.on_lost: Callable[[int, list[tuple[int, int]]], None] | None = None
         self._wake = trio.Event()  # for the flusher: a block became dirty, or pressure
         self._room = trio.Event()  # for writers over the limit: a flush ended
         self._scope = trio.CancelScope()
@@ -142,6 +147,11 @@ class WriteBehind(Backing):
 
     async def free_bytes(self) -> int:
         return await self.inner.free_bytes()
+
+    async def discard(self, set_id: int, offset: int, length: int) -> None:
+        """Passed on: cached bytes of the range (free space) may still be flushed over the
+        zeros later, which costs memory, not correctness."""
+        await self.inner.discard(set_id, offset, length)
 
     async def read_into(self, set_id: int, offset: int, buffer) -> None:
         """The set's bytes with the cached ones laid over them."""
@@ -423,6 +433,8 @@ class WriteBehind(Backing):
             self._lost.setdefault(block.set_id, set()).add(block.index)
             self._failures += 1
             self._discard(block)
+            if self.on_lost is not None:
+                self.on_lost(block.set_id, [(block.start + lo, hi - lo) for lo, hi in taken])
             self._flush_ended()
             return
         except BaseException:

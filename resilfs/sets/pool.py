@@ -154,16 +154,16 @@ class AppliancePool:
                 nursery.start_soon(probe_one, address, client)
         return dropped
 
-    async def free_memory(self) -> int:
-        """Free bytes of the connected appliances together, one STAT each in turn (an
-        appliance that fails to answer counts nothing; never raises)."""
-        free = 0
+    async def free_memory(self) -> dict[str, int]:
+        """Free bytes of each connected appliance, one STAT each in turn (an appliance that
+        fails to answer is left out; never raises)."""
+        free = {}
         for address in self.up():
             try:
                 st = await (await self.client(address)).stat()
             except TransportError:
                 continue
-            free += max(st.capacity - st.used, 0)
+            free[address] = max(st.capacity - st.used, 0)
         return free
 
     async def _close(self, address: str, current: ApplianceClient) -> None:

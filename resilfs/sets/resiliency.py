@@ -34,7 +34,7 @@ from .coded import Coded
 from .core import THREAD_MIN, SetCore
 from .errors import NoPlacement, SetError, SetUnavailable, from_transport, set_error
 from .forward import Forward
-from .membership import FAILED, REBUILDING, Member, Membership
+from .membership import FAILED, OK, REBUILDING, Member, Membership
 from .mirror import Mirror
 from .pool import AppliancePool
 from .scrub import scrub
@@ -265,6 +265,52 @@ class ResiliencySet(SetCore):
             finally:
                 self.locks.release(stripes)
             await self.intents.end_idle()
+        except TransportError as e:
+            raise set_error(f"set {self.set_id!r}", e) from e
+
+    async def discard(self, offset: int, length: int) -> bool:
+        """Give back the appliance memory of the whole stripes in ``[offset, offset+length)``:
+        every member's chunks of them read zeros from now on (zero parity matches zero
+        data). Done only while every member is ok; returns False (nothing done) otherwise.
+        Under the stripes' locks and a write intent, as a write: a member that fails
+        meanwhile is marked failed with those stripes missed; a crash leaves them to the
+        resync of the next open. Meant for ranges nobody reads (free space). Raises set
+        errors only."""
+        try:
+            first = -(-offset // self.stripe_size)
+            stripes = range(first, max((offset + length) // self.stripe_size, first))
+            if not stripes or any(m.state != OK for m in self.members):
+                return not stripes
+            await self.locks.acquire(stripes)
+            try:
+                if any(m.state != OK for m in self.members):
+                    return False
+                token = await self.intents.enter(stripes)
+                start, n = stripes.start * self.chunk_size, len(stripes) * self.chunk_size
+                failed: set[int] = set()
+
+                async def one(index: int, member: Member) -> None:
+                    client = None
+                    try:
+                        client = await self.pool.client(member.appliance)
+                        await client.discard(member.handle, start, n)
+                    except TransportError as e:
+                        await self.mark_failed(index, e, client)
+                        failed.add(index)
+
+                async with trio.open_nursery() as nursery:
+                    for index, member in enumerate(self.members):
+                        nursery.start_soon(one, index, member)
+                self.intents.leave(token)
+                for index in failed:
+                    self.members[index].dirty.update(stripes)
+                    self.changed()
+                if self.unsaved():
+                    await self.persist()
+            finally:
+                self.locks.release(stripes)
+            await self.intents.end_idle()
+            return not failed
         except TransportError as e:
             raise set_error(f"set {self.set_id!r}", e) from e
 

@@ -137,6 +137,13 @@ class ApplianceClient(ABC):
     async def clone(self, region: RegionHandle) -> RegionHandle:
         """Copy a region into a new one inside the appliance (no data crosses the network)."""
 
+    async def discard(self, region: RegionHandle, offset: int, length: int) -> None:
+        """The range reads zeros from now on, and the appliance may give its memory back.
+        Here: zeros are written (a client of an appliance that can do better overrides)."""
+        zeros = bytes(min(length, 1 << 20))
+        for pos in range(offset, offset + length, len(zeros) or 1):
+            await self.write(region, pos, zeros[:min(len(zeros), offset + length - pos)])
+
     @abstractmethod
     async def regions(self, owner: str | None = None) -> list[RegionInfo]:
         """List the regions (of one owner, or all)."""

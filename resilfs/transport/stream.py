@@ -428,6 +428,11 @@ class StreamClient(ApplianceClient):
     async def free(self, region: RegionHandle) -> None:
         await self._control(Op.FREE, REGION_REF.pack(region.region_id, region.key))
 
+    async def discard(self, region: RegionHandle, offset: int, length: int) -> None:
+        check_range(region, offset, length)
+        await self._control(Op.DISCARD, RANGE.pack(region.region_id, region.key, offset,
+                                                   length))
+
     async def clone(self, region: RegionHandle) -> RegionHandle:
         r = await self._control(Op.CLONE, REGION_REF.pack(region.region_id, region.key))
         return self._handle(r.raw(REGION_DESC.size))

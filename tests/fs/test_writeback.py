@@ -107,13 +107,18 @@ def test_a_flush_lost_beyond_tolerance_is_eio_on_fsync(tmp_path):
         with open(os.path.join(c.mountpoint, kept), "r+b", buffering=0) as f:
             f.write(b"k" * PAGE)
             os.fsync(f.fileno())  # a set within tolerance: fine
-        with open(os.path.join(c.mountpoint, lost), "r+b", buffering=0) as f:
-            f.write(b"x" * PAGE)  # into the page cache, then the daemon's cache: no error
+        fd = os.open(os.path.join(c.mountpoint, lost), os.O_RDWR)
+        try:
+            os.write(fd, b"x" * PAGE)  # into the page cache, then the daemon's: no error
             with pytest.raises(OSError) as info:
-                os.fsync(f.fileno())
+                os.fsync(fd)
             assert info.value.errno == errno.EIO
             with pytest.raises(OSError) as info:  # and again: the loss is not forgotten
-                os.fsync(f.fileno())
+                os.fsync(fd)
+            assert info.value.errno == errno.EIO
+        finally:
+            with pytest.raises(OSError) as info:  # close reports it too
+                os.close(fd)
             assert info.value.errno == errno.EIO
         assert status(c.mountpoint)["cache"]["lost_blocks"] >= 1
         assert status(c.mountpoint)["read_only"]

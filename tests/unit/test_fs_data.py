@@ -56,7 +56,8 @@ async def setup(path):
     return md, FileData(md, MemoryBacking(), SET_SIZE, stripe_size=16384)
 
 
-ops = st.lists(st.tuples(st.sampled_from(["write", "read", "truncate", "recreate", "commit"]),
+ops = st.lists(st.tuples(st.sampled_from(["write", "read", "truncate", "recreate", "commit",
+                                          "punch", "zero", "allocate"]),
                          st.integers(0, 2), st.integers(0, 300_000), st.integers(1, 70_000)),
                max_size=40)
 
@@ -86,6 +87,16 @@ def test_files_match_model(sequence, rnd):
                     await data.truncate(ino, offset)
                     del model[offset:]
                     model.extend(bytes(offset - len(model)))
+                elif kind == "punch":  # frees the whole pages, zeroes the rest
+                    await data.fallocate(ino, 0x03, offset, length)
+                    end = min(offset + length, len(model))
+                    model[offset:end] = bytes(max(end - offset, 0))
+                elif kind in ("zero", "allocate"):  # ZERO_RANGE or mode 0: the size grows
+                    await data.fallocate(ino, 0x10 if kind == "zero" else 0, offset, length)
+                    if offset + length > len(model):
+                        model.extend(bytes(offset + length - len(model)))
+                    if kind == "zero":
+                        model[offset:offset + length] = bytes(length)
                 elif kind == "recreate":  # frees space that later writes reuse
                     md.unlink(ROOT_INODE, b"f%d" % f)
                     inos[f] = md.create(ROOT_INODE, b"f%d" % f, stat.S_IFREG | 0o644, 0,
@@ -97,6 +108,10 @@ def test_files_match_model(sequence, rnd):
                 assert md.inode(ino).size == len(model)
                 assert bytes(await data.read(ino, 0, len(model) + 10)) == bytes(model)
             await md.journal.commit()
+            allocator = md.state.allocator  # the running totals match the free ranges
+            assert allocator.free_bytes() == sum(n for ranges in allocator.free_ranges().values()
+                                                 for _, n in ranges)
+            assert allocator.quarantined_bytes() == 0
             replayed = await Journal.load(DirJournalStore(path))
             assert replayed.state.snapshot() == md.state.snapshot()
         trio.run(main)
@@ -140,3 +155,34 @@ def test_large_holes_are_stripe_aligned(tmp_path):
         assert md.inode(small).extents.mapped_bytes == 8192
         assert md.state.allocator.free_ranges()[1][0] == (65536, SET_SIZE - 65536)
     trio.run(main)
+
+
+def test_placeable_sets():
+    from resilfs.fs.backing import placeable
+    assert placeable([10, 10, 10], 1, 3) == 10
+    assert placeable([10, 10, 10], 1, 2) == 15
+    assert placeable([24] * 5 + [0, 0], 1, 6) == 0
+    assert placeable([30, 30, 30, 30, 30, 30, 1], 1, 6) == 30
+    assert placeable([100, 5, 5, 5, 5, 5, 5], 1, 6) == 6  # one region per appliance per set
+    assert placeable([], 1, 6) == 0
+
+
+def test_allocator_holds_only_what_is_still_free():
+    from resilfs.fs.allocator import Allocator
+    a = Allocator()
+    a.add_set(1, 1 << 20)
+    a.take_released()  # keep released ranges from now on
+    pieces = a.reserve(256 << 10)
+    for piece in pieces:
+        a.mark_used(*piece)
+    a.free(1, 0, 256 << 10)
+    a.release(a.seal())
+    released = a.take_released()
+    assert released == [(1, 0, 256 << 10)]
+    reused = a.reserve(4096)  # a writer took a page back meanwhile
+    held = a.hold(released)
+    assert sum(n for _, _, n in held) == (256 << 10) - 4096
+    assert a.free_bytes() == (1 << 20) - (256 << 10)
+    a.cancel(held)
+    a.cancel(reused)
+    assert a.free_bytes() == 1 << 20 and a.take_released() == []
