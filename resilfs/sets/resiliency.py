@@ -305,7 +305,7 @@ class ResiliencySet(SetCore):
                 for index in failed:
                     self.members[index].dirty.update(stripes)
                     self.changed()
-                if self.unsaved():
+                if self.unsaved:
                     await self.persist()
             finally:
                 self.locks.release(stripes)
