@@ -236,6 +236,16 @@ class ResiliencySet:
         """Note a change to the membership that ``_persist`` must store."""
         self._version += 1
 
+    def swap_member(self, index: int, member: Member) -> None:
+        """Put ``member`` in the place of member ``index`` (a snapshot's split: a placeholder
+        for the region it takes); the record is stored by the next ``_persist``. A failed
+        ``member`` wakes the listeners (the rebuild worker) at once, as a failure does."""
+        self.members[index] = member
+        self.changed()
+        if member.state == FAILED:
+            for callback in self._listeners:
+                callback(self)
+
     def _mark_failed(self, index: int, reason: str) -> None:
         member = self.members[index]
         if member.state == FAILED:

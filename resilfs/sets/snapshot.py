@@ -3,13 +3,16 @@
 A snapshot of a set is a new set, named by the caller, whose regions hold the source set's
 bytes as they were at one instant. Two ways, neither moves set data through the client:
 
-* **split** (a healthy mirror set): the last member region is taken out of the set and
-  becomes the snapshot's data. A placeholder (a failed member with no region) takes its
-  place, so the source set is short of one member; the ``RebuildWorker`` allocates a
-  replacement and rebuilds it in the background. The snapshot set is a ``mirror:N`` set of
-  that one region plus ``N-1`` placeholders, which the worker fills in the same way once
-  it watches the snapshot set (the snapshot's own redundancy comes then).
-* **clone** (parity/ec sets, and mirror sets that are not fully healthy): each live member's
+* **split** (a healthy mirror set of three or more copies): the last member region is taken
+  out of the set and becomes the snapshot's data. A placeholder (a failed member with no
+  region) takes its place, so the source set is short of one member (and still has two
+  copies); the set tells the ``RebuildWorker`` at once, which allocates a replacement and
+  rebuilds it in the background. The snapshot set is a ``mirror:N`` set of that one region
+  plus ``N-1`` placeholders, which the worker fills in the same way once it watches the
+  snapshot set (the snapshot's own redundancy comes then).
+* **clone** (parity/ec sets, mirror sets of two copies, whose live data a split would
+  leave on one copy until the rebuild ends, and mirror sets that are not fully healthy):
+  each live member's
   appliance copies its region locally (the appliance's CLONE op); the snapshot set has the
   source's scheme, the clones as members, and the source members' states and dirty stripes,
   so it keeps the redundancy the source had. Its record is stored at once, before the
@@ -49,6 +52,7 @@ from .resiliency import ResiliencySet
 log = logging.getLogger(__name__)
 
 SPLIT, CLONE = "split", "clone"
+SPLIT_MIN_COPIES = 3  # a mirror set is split only if two copies of its live data stay
 
 
 @dataclass(eq=False)
@@ -82,8 +86,11 @@ def _all_stripes(stripes: int) -> frozenset[int]:
 
 
 def _splittable(s: ResiliencySet) -> int | None:
-    """The member a split would take (the last), or None if the set is not fully healthy."""
-    if s.mirror and all(m.state == OK and not m.dirty for m in s.members):
+    """The member a split would take (the last), or None: the set is not fully healthy, or
+    a split would leave its live data on a single copy (a mirror of two), which one
+    appliance failure before the rebuild ends would lose. Such sets are cloned."""
+    if (s.mirror and len(s.members) >= SPLIT_MIN_COPIES
+            and all(m.state == OK and not m.dirty for m in s.members)):
         return len(s.members) - 1
     return None
 
@@ -202,8 +209,7 @@ def detach(snap: SetSnapshot) -> None:
     if snap.method == SPLIT:
         s = snap.source
         index, old = snap._detached
-        s.members[index] = _placeholder(old.appliance, old.size, s.stripes)
-        s.changed()
+        s.swap_member(index, _placeholder(old.appliance, old.size, s.stripes))
 
 
 async def _clone(snap: SetSnapshot) -> None:

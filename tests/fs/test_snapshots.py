@@ -356,8 +356,8 @@ def test_directory_snapshot_survives_remount_and_kill(cluster):
 
 @pytest.mark.parametrize("member", [0, 1])
 def test_snapshot_while_an_appliance_is_down(tmp_path, member):
-    """Killed just before the call (the set has not noticed): the member to split off, or
-    the one that would stay; either way the snapshot is right and the file stays whole."""
+    """Killed just before the call (the set has not noticed): either member; the survey
+    finds it, the other member is cloned, the snapshot is right and the file stays whole."""
     c = make_cluster(tmp_path, count=3, scheme="mirror:2", capacity="256M",
                      mkfs_args=("--set-size", "16M"))
     try:
@@ -463,14 +463,13 @@ def _snapshot_frozen_after(daemon, path, name, ports):
 
 
 def test_mirror_snapshot_moves_no_file_data(tmp_path):
-    """1 GiB mirrored file: the snapshot call moves none of its bytes over the transport
-    (appliance byte counters) and takes far less time than copying it.
+    """1 GiB mirror:2 file: the snapshot call (a clone of every member inside its
+    appliance) moves none of its bytes over the transport (appliance byte counters), and
+    the sets stay healthy.
 
-    Only the call is counted: the background rebuild of the split set may start any time
-    after the stripes are released (at the rebuild worker's next look, within 0.25 s), and
-    a SIGSTOP of the daemon on return cannot stop one started in the last moments of the
-    call. So the count is taken up to three times (each after the sets are whole again):
-    a snapshot that moved the file's data would do so every time."""
+    Only the call is counted: the daemon is stopped the moment it returns. The count is
+    taken up to three times (each after the sets are whole again): a snapshot that moved
+    the file's data would do so every time."""
     workdir = str(tmp_path)
     launcher = ApplianceLauncher(os.path.join(workdir, "appliances"))
     ports = [free_port() for _ in range(3)]
@@ -488,27 +487,22 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
             p = os.path.join(mnt, "big")
             size = 1 << 30
             block = os.urandom(1 << 20)
-            t0 = time.monotonic()
             with open(p, "wb") as f:
                 for _ in range(size >> 20):
                     f.write(block)
                 os.fsync(f.fileno())
-            write_time = time.monotonic() - t0
             counts = []
             for attempt in range(3):
                 name = f"big{attempt}".encode()
                 counts.append(_snapshot_frozen_after(c.mounts[-1].process, p, name, ports))
-                # the live set regains the member in the background (claim 20)
-                assert all(s["state"] in ("degraded", "rebuilding", "healthy")
-                           for s in _status(mnt)["sets"])
+                assert all(s["state"] == "healthy" for s in _status(mnt)["sets"])
                 assert wait_for(lambda: all(s["state"] == "healthy"
                                             for s in _status(mnt)["sets"]), 120)
                 if counts[-1][0] < 1 << 20:
                     break
                 os.setxattr(mnt, DELETE, name)
-            moved, took = min(counts)
+            moved, _ = min(counts)
             assert moved < 1 << 20, f"bytes crossed the transport: {counts}"
-            assert took < write_time / 10, (took, write_time)
             view = os.path.join(mnt, ".snapshots", name.decode())
             assert os.stat(view).st_size == size
             with open(view, "rb") as f:
@@ -521,10 +515,11 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
 
 
 def test_mirror_snapshot_gets_redundancy(tmp_path):
-    """A split snapshot starts as one region; after the call its set is rebuilt onto a
-    second appliance in the background (listed health: healthy), so the snapshot then
-    survives the loss of the appliance that holds the split-off region, remount included."""
-    c = make_cluster(tmp_path, count=3, scheme="mirror:2", capacity="256M",
+    """A split snapshot (mirror:3) starts as one region; after the call its set is rebuilt
+    onto the other appliances in the background (listed health: healthy), so the snapshot
+    then survives the loss of the appliance that holds the split-off region, remount
+    included."""
+    c = make_cluster(tmp_path, count=3, scheme="mirror:3", capacity="256M",
                      mkfs_args=("--set-size", "16M"))
     try:
         mnt = c.mount().mountpoint
@@ -537,8 +532,8 @@ def test_mirror_snapshot_gets_redundancy(tmp_path):
         assert entry["health"] in ("degraded", "rebuilding", "healthy"), entry
         assert wait_for(lambda: listing(mnt)[0]["health"] == "healthy", 60), listing(mnt)
         log = c.mounts[-1].log_tail(300)
-        [split] = re.findall(r"created set testfs/data-1: mirror:2, \d+ bytes on \S+, (\S+)",
-                             log)  # the last member is the one split off
+        [split] = re.findall(r"created set testfs/data-1: mirror:3, \d+ bytes on .*, (\S+)$",
+                             log, re.M)  # the last member is the one split off
         victim = next(a for a in c.apps if a.address == split)
         c.remount()
         c.launcher.kill(victim)  # the appliance holding the split-off region
@@ -637,9 +632,9 @@ with open(log, "w", buffering=1) as out:
 
 
 def test_back_to_back_snapshots_on_one_set(tmp_path):
-    """Over shm with 256 MiB sets: a second snapshot while the first one's rebuild runs
-    waits for it and splits again (no whole-region clone); everything stays healthy."""
-    c = make_cluster(tmp_path, count=3, scheme="mirror:2", capacity="1G", transport="shm")
+    """Over shm with 256 MiB mirror:3 sets: a second snapshot while the first one's rebuild
+    runs waits for it and splits again (no whole-region clone); everything ends healthy."""
+    c = make_cluster(tmp_path, count=3, scheme="mirror:3", capacity="1G", transport="shm")
     try:
         mnt = c.mount().mountpoint
         data = os.urandom(64 << 20)
@@ -657,6 +652,67 @@ def test_back_to_back_snapshots_on_one_set(tmp_path):
         assert not status["read_only"]
         assert wait_for(lambda: all(s["state"] == "healthy" for s in json.loads(
             os.getxattr(mnt, "user.resilfs.status"))["sets"]), 120)
+    finally:
+        c.close()
+        c.launcher.close()
+
+
+def _members(mnt, set_id) -> dict:
+    return next(s for s in _status(mnt)["sets"] if s["id"] == set_id)
+
+
+def test_mirror2_snapshot_keeps_the_live_file_on_two_copies(tmp_path):
+    """Issue 16, defect 6: a snapshot of a mirror:2 set must not leave the live file on one
+    copy (a split did, until the background rebuild ended). Right after the call the live
+    set is healthy on both its members, and losing either appliance at once loses nothing:
+    neither the live file nor the snapshot. The set is then rebuilt with nothing else
+    triggering it."""
+    c = make_cluster(tmp_path, count=3, scheme="mirror:2", capacity="256M",
+                     mkfs_args=("--set-size", "16M"))
+    try:
+        mnt = c.mount().mountpoint
+        p = os.path.join(mnt, "f")
+        data = os.urandom((6 << 20) + 3)
+        with open(p, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        before = _members(mnt, 1)
+        os.setxattr(p, SNAP, b"s")
+        after = _members(mnt, 1)
+        assert (after["state"], after["members"]) == ("healthy", before["members"]), after
+        victim = next(a for a in c.apps if a.address == before["members"][0])
+        c.launcher.kill(victim)  # the member a split would have left alone
+        assert read_uncached(p) == data
+        assert read_uncached(os.path.join(mnt, ".snapshots", "s")) == data
+        assert wait_for(lambda: all(s["state"] == "healthy" for s in _status(mnt)["sets"]),
+                        60), _status(mnt)
+    finally:
+        c.close()
+        c.launcher.close()
+
+
+def test_mirror3_split_is_rebuilt_at_once(tmp_path):
+    """A mirror:3 set is still split (two copies stay): status shows the set short of the
+    member (degraded, then rebuilding) and the rebuild runs with nothing else triggering
+    it, until the set and the snapshot are healthy."""
+    c = make_cluster(tmp_path, count=3, scheme="mirror:3", capacity="256M",
+                     mkfs_args=("--set-size", "16M"))
+    try:
+        mnt = c.mount().mountpoint
+        p = os.path.join(mnt, "f")
+        data = os.urandom(6 << 20)
+        with open(p, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        os.setxattr(p, SNAP, b"s")
+        assert "(data-1: split)" in c.mounts[-1].log_tail(50)
+        states = [_members(mnt, 1)["state"]]
+        assert states[0] in ("degraded", "rebuilding"), states
+        assert wait_for(lambda: states.append(_members(mnt, 1)["state"])
+                        or states[-1] == "healthy", 60), states
+        assert wait_for(lambda: listing(mnt)[0]["health"] == "healthy", 60), listing(mnt)
+        assert read_uncached(p) == data
+        assert read_uncached(os.path.join(mnt, ".snapshots", "s")) == data
     finally:
         c.close()
         c.launcher.close()
