@@ -213,18 +213,24 @@ def detach(snap: SetSnapshot) -> None:
 
 
 async def _clone(snap: SetSnapshot) -> None:
+    """Clone every live member in its appliance, each over a connection of its own (the
+    appliance serves a connection's requests in order: a clone on the pool's connection
+    would hold up every other request to that appliance for its whole length). Each clone
+    is in ``snap._clones`` as soon as it exists, so that ``undo`` frees it whatever happens
+    next (a failure, a cancellation). A clone that never answered is the appliance's to
+    free: it frees a copy whose client closed the connection (timed out, cancelled, died)."""
     s = snap.source
     snap.method = CLONE
     clones: dict[int, RegionHandle] = {}
     errors: list[Exception] = []
 
     async def one(i: int, m: Member) -> None:
-        client = None
-        try:
-            client = await s.pool.client(m.appliance)
-            clones[i] = await client.clone(m.handle)
+        try:  # the set's other requests (and the pool's probes) never wait behind a clone
+            async with s.pool.private(m.appliance) as client:
+                clones[i] = await client.clone(m.handle)  # waits longer for a larger region
+                snap._clones.append(clones[i])
         except ApplianceUnavailable as e:  # the member is gone: its clone too
-            await s._fail(i, e, client)
+            await s._fail(i, e, None)
         except TransportError as e:
             errors.append(e)
 
@@ -232,7 +238,6 @@ async def _clone(snap: SetSnapshot) -> None:
         for i, m in enumerate(s.members):
             if m.state != FAILED:
                 nursery.start_soon(one, i, m)
-    snap._clones = list(clones.values())
     if not errors and any(len([i for i in clones if s.members[i].usable(st)]) < s.k
                           for st in range(s.stripes)):
         errors.append(SetUnavailable(f"fewer than {s.k} current members to clone"))

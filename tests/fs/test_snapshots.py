@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -252,7 +253,8 @@ def parse_log(path):
 
 
 def test_snapshot_of_a_file_on_several_sets_is_one_instant(cluster):
-    """A 70 MiB file spans three 32 MiB sets; a writer stamps version v on one block in
+    """A 70 MiB file spans three 32 MiB mirror:2 sets (each is cloned); a writer stamps
+    version v on one block in
     each, in file order (O_DIRECT, one request each), so at any instant the blocks read
     (v, v, v), (v, v-1, v-1) or (v, v, v-1). Snapshots under the writer show exactly that,
     and the rest of the file as it was."""
@@ -281,9 +283,10 @@ def test_snapshot_of_a_file_on_several_sets_is_one_instant(cluster):
             for off in offsets:
                 expected[off:off + 4096] = data[off:off + 4096]
             assert data == expected
+            os.setxattr(mnt, DELETE, f"m{k}".encode())  # clones take room: give it back
             time.sleep(0.1)
         log = cluster.mounts[-1].log_tail(100)
-        assert "sets [1, 2, 3] (data-1: split, data-2: split, data-3: split)" in log, log
+        assert "sets [1, 2, 3] (data-1: clone, data-2: clone, data-3: clone)" in log, log
     finally:
         writer.terminate()
         writer.wait(10)
@@ -716,3 +719,90 @@ def test_mirror3_split_is_rebuilt_at_once(tmp_path):
     finally:
         c.close()
         c.launcher.close()
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return float(re.search(rf"^{name} ([0-9.e+]+)$", text, re.M).group(1))
+
+
+def _regions(ports) -> list[int]:
+    return [int(_metric(port, "resilfs_appliance_regions")) for port in ports]
+
+
+@pytest.fixture
+def slow_clones(tmp_path):
+    """Three appliances that copy a clone at 64 MiB/s (``--clone-rate``, the slowest they
+    may be told) and serve metrics; ec:2+1 in 512 MiB sets: each member is 256 MiB, so
+    each clone takes about 4 s, four times the 1 s request timeout (and the rebuild
+    worker's probes come meanwhile). Yields (cluster, ports)."""
+    workdir = str(tmp_path)
+    launcher = ApplianceLauncher(os.path.join(workdir, "appliances"))
+    ports = [free_port() for _ in range(3)]
+    try:
+        apps = []
+        for port in ports:
+            apps += launcher.start(1, persist=True, capacity="768M", extra_args=(
+                "--metrics", f"127.0.0.1:{port}", "--clone-rate", "64M"))
+        cluster = write_cluster(workdir, launcher, apps)
+        r = run_cli("mkfs", cluster, "--scheme", "ec:2+1", "--set-size", "512M")
+        assert r.returncode == 0, r.stderr
+        c = FsCluster(workdir, launcher, apps, cluster)
+        try:
+            yield c, ports
+        finally:
+            c.close()
+    finally:
+        launcher.close()
+
+
+def test_a_slow_clone_fails_no_member_and_leaks_nothing(slow_clones):
+    """Issue 16, defect 6: a clone that takes longer than the request timeout is waited
+    for (the wait scales with the region's size): the snapshot is taken, no member is
+    marked failed, and deleting it leaves the appliances with the regions they had."""
+    c, ports = slow_clones
+    mnt = c.mount().mountpoint
+    p = os.path.join(mnt, "f")
+    data = os.urandom((1 << 20) + 5)
+    with open(p, "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    before = _regions(ports)
+    os.setxattr(p, SNAP, b"slow")
+    log = c.mounts[-1].log_tail(100)
+    assert "cloned in their appliances" in log, log
+    assert not re.search(r"member \d+ on \S+ failed", log), log
+    assert all(s["state"] == "healthy" and not s["failed"] for s in _status(mnt)["sets"])
+    assert _regions(ports) == [n + 1 for n in before]  # one clone each
+    assert read_uncached(os.path.join(mnt, ".snapshots", "slow")) == data
+    os.setxattr(mnt, DELETE, b"slow")
+    assert _regions(ports) == before
+
+
+def test_a_failed_clone_frees_its_region(slow_clones):
+    """The daemon dies (SIGKILL) while the appliances clone for a snapshot: each appliance
+    frees the clone it was making, whose reply nobody can receive, so nothing leaks."""
+    c, ports = slow_clones
+    mounted = c.mount()
+    p = os.path.join(mounted.mountpoint, "f")
+    with open(p, "wb") as f:
+        f.write(os.urandom(1 << 20))
+        os.fsync(f.fileno())
+    before = _regions(ports)
+    errors = []
+
+    def snapshot():
+        try:
+            os.setxattr(p, SNAP, b"dies")
+        except OSError as exc:  # the daemon is gone: ENOTCONN
+            errors.append(exc.errno)
+
+    caller = threading.Thread(target=snapshot)
+    caller.start()
+    try:
+        assert wait_for(lambda: _regions(ports) != before, 30), "no clone started"
+        mounted.process.kill()
+    finally:
+        caller.join(30)
+    assert len(errors) == 1 and errors[0] in (errno.ENOTCONN, errno.ECONNABORTED), errors
+    assert wait_for(lambda: _regions(ports) == before, 30), (_regions(ports), before)
