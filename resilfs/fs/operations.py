@@ -29,8 +29,8 @@ from .data import FileData
 from .errors import DataUnavailable, FsError
 from .journal import Journal
 from .metadata import Metadata
-from .snapshots import LIST as SNAPSHOT_LIST
-from .snapshots import NAMES as SNAPSHOT_XATTRS
+from .snapshot_xattrs import LIST as SNAPSHOT_LIST
+from .snapshot_xattrs import NAMES as SNAPSHOT_XATTRS
 from .state import Inode
 
 log = logging.getLogger(__name__)
