@@ -106,8 +106,8 @@ async def settle(s: ResiliencySet, timeout: float) -> None:
     """Wait, up to ``timeout`` seconds, while a mirror set regains a member that an earlier
     snapshot split off (placeholder or rebuilding) and none has really failed: a split
     then takes the place of a clone, which copies the whole region inside the appliances
-    (and keeps them busy meanwhile)."""
-    if not s.mirror:
+    (and keeps them busy meanwhile). Sets that are never split return at once."""
+    if not s.mirror or len(s.members) < SPLIT_MIN_COPIES:
         return
     with trio.move_on_after(timeout):
         while (any(m.state == REBUILDING or placeholder(m) for m in s.members)
