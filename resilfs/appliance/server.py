@@ -14,7 +14,9 @@ connection is closed. Nothing a client sends can stop the appliance or touch ano
 client's connection. Cancelling ``serve()`` closes every connection.
 """
 import array
+import errno
 import logging
+import os
 import select
 import socket
 import time
@@ -420,7 +422,9 @@ class Connection:
         """Copy a region into a new one, CLONE_STEP bytes at a time with a checkpoint between
         steps, so that a large clone does not stall every other client of this appliance
         (and no faster than ``clone_rate`` bytes/s if the appliance has one; never slower
-        than CLONE_RATE_MIN, which the client's wait for the reply counts on).
+        than CLONE_RATE_MIN, which the client's wait for the reply counts on). Only the
+        source's data is copied: its holes (never written) read as zeros and stay holes in
+        the copy, which then costs neither the time nor the memory.
 
         A source freed meanwhile (or a cancelled clone) frees the copy and fails the clone
         with NoSuchRegion (or the cancellation); the source is never modified. A client
@@ -442,7 +446,8 @@ class Connection:
                     raise ConnectionClosed(f"client gone while cloning region {region_id}")
                 source = self.a.store.get(region_id, key)  # no await until the copy is done
                 end = min(start + CLONE_STEP, source.size)
-                region.view[start:end] = source.view[start:end]
+                for lo, hi in _data_ranges(source.fd, start, end):  # holes stay holes
+                    region.view[lo:hi] = source.view[lo:hi]
             if self._client_gone():
                 raise ConnectionClosed(f"client gone while cloning region {region_id}")
         except BaseException:
@@ -531,3 +536,21 @@ class Connection:
 
     async def _rdma_region(self, r: Reader):
         return self.a.rdma.region(self.a.store.get(*REGION_REF.unpack(r.raw(REGION_REF.size))))
+
+
+def _data_ranges(fd: int, start: int, end: int):
+    """The (lo, hi) parts of ``[start, end)`` of file ``fd`` that hold data, not holes
+    (``SEEK_DATA``/``SEEK_HOLE``; a filesystem without holes reports all of it as data)."""
+    pos = start
+    while pos < end:
+        try:
+            pos = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only holes from here to the end of the file
+                return
+            raise
+        if pos >= end:
+            return
+        hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        yield pos, hole
+        pos = hole

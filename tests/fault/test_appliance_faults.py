@@ -289,8 +289,11 @@ async def test_a_clone_slower_than_the_timeout_is_waited_for(launcher):
     client = await connect(app.address, secret=launcher.secret, timeout=1.0)
     region = await client.alloc(128 * MiB, "fault")
     await client.write(region, 0, b"head")
+    await client.write(region, 100 * MiB - 2, b"middle")  # across a page; holes around it
     copy = await client.clone(region)
     assert bytes(await client.read(copy, 0, 4)) == b"head"
+    assert bytes(await client.read(copy, 100 * MiB - 2, 6)) == b"middle"
+    assert bytes(await client.read(copy, 50 * MiB, 1 * MiB)) == bytes(MiB)
     await client.free(copy)
     quitter = await connect(app.address, secret=launcher.secret, timeout=1.0)
     with trio.move_on_after(0.5):
