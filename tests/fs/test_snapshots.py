@@ -801,7 +801,7 @@ def test_a_failed_clone_frees_its_region(slow_clones):
     caller.start()
     try:
         assert wait_for(lambda: _regions(ports) != before, 30), "no clone started"
-        mounted.process.kill()
+        mounted.kill()  # SIGKILL, then the dead mount cleared
     finally:
         caller.join(30)
     assert len(errors) == 1 and errors[0] in (errno.ENOTCONN, errno.ECONNABORTED), errors
