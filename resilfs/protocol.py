@@ -31,6 +31,9 @@ MAX_RANGES = 4096  # ranges in one vectored request
 MAX_NAME = 1024  # bytes of an owner, record name or set id
 MAX_RECORD = 256 * 1024  # bytes of a record value
 MAX_EXTENTS = 4096  # extents of one write intent
+# an appliance copies a CLONE at least this fast (bytes/s), so a client waits for its reply
+# its usual timeout plus size / CLONE_RATE_MIN seconds
+CLONE_RATE_MIN = 64 * 1024 * 1024
 
 REPLY = 0x80  # set in the op of every reply
 

@@ -19,7 +19,10 @@ connection is closed. Nothing a client sends can stop the appliance or touch ano
 client's connection. Cancelling ``serve()`` closes every connection.
 """
 import array
+import errno
 import logging
+import os
+import select
 import socket
 import time
 
@@ -80,8 +83,9 @@ class Appliance:
     """Serves one region store, record store and intent log to authenticated clients."""
 
     def __init__(self, *, store, records, intents, secret: bytes, appliance_id: str, metrics,
-                 rdma=None):
+                 rdma=None, clone_rate: int | None = None):
         self.store = store
+        self.clone_rate = clone_rate  # bytes/s a clone is copied at most; None: no limit
         self.forwarder = Forwarder(secret)
         self.rdma = rdma  # a transport.rdma.RdmaResponder when this host has RDMA
         self.records = records
@@ -454,20 +458,36 @@ class Connection:
 
     async def _clone(self, r: Reader):
         """Copy a region into a new one, CLONE_STEP bytes at a time with a checkpoint between
-        steps, so that a large clone does not stall every other client of this appliance.
+        steps, so that a large clone does not stall every other client of this appliance
+        (and no faster than ``clone_rate`` bytes/s if the appliance has one; never slower
+        than CLONE_RATE_MIN, which the client's wait for the reply counts on). Only the
+        source's data is copied: its holes (never written) read as zeros and stay holes in
+        the copy, which then costs neither the time nor the memory.
 
         A source freed meanwhile (or a cancelled clone) frees the copy and fails the clone
-        with NoSuchRegion (or the cancellation); the source is never modified.
+        with NoSuchRegion (or the cancellation); the source is never modified. A client
+        that closed the connection (it timed out, or died) can never learn the copy's key:
+        the copy is freed and the connection ends (ConnectionClosed), checked at every
+        step and once more before the reply.
         """
         region_id, key = REGION_REF.unpack(r.raw(REGION_REF.size))
         source = self.a.store.get(region_id, key)
         region = self.a.store.alloc(source.size, source.owner)
+        began = trio.current_time()
         try:
             for start in range(0, source.size, CLONE_STEP):
-                await trio.lowlevel.checkpoint()
+                if self.a.clone_rate:  # no faster than the appliance's --clone-rate
+                    await trio.sleep_until(began + start / self.a.clone_rate)
+                else:
+                    await trio.lowlevel.checkpoint()
+                if self._client_gone():
+                    raise ConnectionClosed(f"client gone while cloning region {region_id}")
                 source = self.a.store.get(region_id, key)  # no await until the copy is done
                 end = min(start + CLONE_STEP, source.size)
-                region.view[start:end] = source.view[start:end]
+                for lo, hi in _data_ranges(source.fd, start, end):  # holes stay holes
+                    region.view[lo:hi] = source.view[lo:hi]
+            if self._client_gone():
+                raise ConnectionClosed(f"client gone while cloning region {region_id}")
         except BaseException:
             self.a.store.free(region.region_id, region.key)
             raise
@@ -483,6 +503,13 @@ class Connection:
         check_range(region, offset, n)
         self.a.store.discard(region, offset, n)
         return b""
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end or the connection broke, seen without reading
+        (requests it pipelined may still wait unread): POLLRDHUP, POLLHUP or POLLERR."""
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLRDHUP)
+        return bool(poller.poll(0))
 
     async def _list(self, r: Reader):
         owner = r.str() if r.u32() else None
@@ -556,3 +583,21 @@ class Connection:
 
     async def _rdma_region(self, r: Reader):
         return self.a.rdma.region(self.a.store.get(*REGION_REF.unpack(r.raw(REGION_REF.size))))
+
+
+def _data_ranges(fd: int, start: int, end: int):
+    """The (lo, hi) parts of ``[start, end)`` of file ``fd`` that hold data, not holes
+    (``SEEK_DATA``/``SEEK_HOLE``; a filesystem without holes reports all of it as data)."""
+    pos = start
+    while pos < end:
+        try:
+            pos = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only holes from here to the end of the file
+                return
+            raise
+        if pos >= end:
+            return
+        hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        yield pos, hole
+        pos = hole

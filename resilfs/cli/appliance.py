@@ -16,7 +16,7 @@ from ..appliance.record_store import RecordStore
 from ..appliance.server import Appliance
 from ..appliance.store import RegionStore
 from ..auth import SecretFileError, load_secret
-from ..protocol import shm_socket_name, split_address
+from ..protocol import CLONE_RATE_MIN, shm_socket_name, split_address
 from ..transport import rdma
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
             from None
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, what: str = "capacity") -> int:
     """``1073741824``, ``512M``, ``4GiB``, ``1g`` -> bytes; UsageError if malformed or zero."""
     match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
     if not match or int(match.group(1)) == 0:
-        raise UsageError(f"capacity must be a positive size like 512M or 4G, not {text!r}")
+        raise UsageError(f"{what} must be a positive size like 512M or 4G, not {text!r}")
     return int(match.group(1)) * UNITS[match.group(2).lower()]
 
 
@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep regions, records and intents as files here (e.g. under "
                         "/dev/shm) so a restarted appliance finds them again")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--clone-rate", metavar="SIZE",
+                   help="copy a snapshot's clone at most SIZE bytes per second, e.g. 128M "
+                        f"(at least {CLONE_RATE_MIN >> 20}M, which clients count on; default: "
+                        "as fast as memory copies), leaving memory bandwidth to other "
+                        "clients; tests use it to make clones slow")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     return p
@@ -95,7 +100,8 @@ def _lock_persist_dir(path: str) -> tuple[int, str]:
     return fd, appliance_id
 
 
-async def _run(opts, listen, capacity, metrics_address, secret, appliance_id) -> None:
+async def _run(opts, listen, capacity, clone_rate, metrics_address, secret,
+               appliance_id) -> None:
     store = RegionStore(capacity, opts.persist_dir)
     records = RecordStore(opts.persist_dir)
     intents = IntentLog(opts.persist_dir)
@@ -111,7 +117,8 @@ async def _run(opts, listen, capacity, metrics_address, secret, appliance_id) ->
             log.info("rdma transport not offered: %s", rdma_unavailable)
         appliance = Appliance(store=store, records=records, intents=intents, secret=secret,
                               appliance_id=appliance_id, metrics=metrics,
-                              rdma=None if rdma_unavailable else rdma.RdmaResponder())
+                              rdma=None if rdma_unavailable else rdma.RdmaResponder(),
+                              clone_rate=clone_rate)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(appliance.serve, *listen)
@@ -146,6 +153,13 @@ def main(args: list[str] | None = None) -> int:
         opts = _parser().parse_args(args)
         listen = parse_address(opts.listen, "--listen")
         capacity = parse_size(opts.capacity)
+        clone_rate = None
+        if opts.clone_rate is not None:
+            clone_rate = parse_size(opts.clone_rate, "--clone-rate")
+            if clone_rate < CLONE_RATE_MIN:
+                raise UsageError(f"--clone-rate must be at least {CLONE_RATE_MIN >> 20}M "
+                                 f"(clients wait for a clone as if it were copied that fast), "
+                                 f"not {opts.clone_rate!r}")
         metrics_address = parse_address(opts.metrics, "--metrics") if opts.metrics else None
         secret = load_secret(opts.secret_file)
         lock_fd, appliance_id = (_lock_persist_dir(opts.persist_dir) if opts.persist_dir
@@ -158,7 +172,8 @@ def main(args: list[str] | None = None) -> int:
     logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(_run, opts, listen, capacity, metrics_address, secret, appliance_id)
+        trio.run(_run, opts, listen, capacity, clone_rate, metrics_address, secret,
+                 appliance_id)
     except (OSError, ExceptionGroup) as e:
         error = _os_error(e)
         if error is None:

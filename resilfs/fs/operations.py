@@ -37,8 +37,8 @@ from .errors import DataUnavailable, FsError, ReadOnly
 from .journal import Journal
 from .latency import Requests
 from .metadata import Metadata
-from .snapshots import LIST as SNAPSHOT_LIST
-from .snapshots import NAMES as SNAPSHOT_XATTRS
+from .snapshot_xattrs import LIST as SNAPSHOT_LIST
+from .snapshot_xattrs import NAMES as SNAPSHOT_XATTRS
 from .state import Inode
 
 log = logging.getLogger(__name__)

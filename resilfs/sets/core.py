@@ -197,9 +197,13 @@ class SetCore:
 
     def put_member(self, index: int, member: Member) -> None:
         """Put ``member`` (another region) in place of member ``index``; stored by the next
-        ``persist``."""
+        ``persist``. A failed ``member`` (a snapshot split's placeholder for the region it
+        takes) wakes the listeners (the rebuild worker) at once, as a failure does."""
         self.members[index] = member
         self.changed()
+        if member.state == FAILED:
+            for callback in self._listeners:
+                callback(self)
 
     def start_progress(self, index: int, total: int) -> None:
         """Rebuild progress of member ``index`` starts now, ``total`` bytes to go."""

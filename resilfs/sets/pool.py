@@ -8,6 +8,7 @@ on every request.
 """
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -115,6 +116,28 @@ class AppliancePool:
                 self._mapped[address] = mapped
             log.info("connected to appliance %s", address)
             return client
+
+    @asynccontextmanager
+    async def private(self, address: str):
+        """A connection of its own to ``address``, outside the pool, closed on exit: for a
+        long request (a clone) that must not hold up the pool's connection, which the
+        appliance serves in order. Raises ApplianceUnavailable if the appliance is not
+        connected or the connection attempt fails or times out."""
+        if address not in self._clients:
+            raise ApplianceUnavailable(f"appliance {address} is down")
+        try:
+            with trio.fail_after(self.timeout * 2):
+                client = await self._connect(address)
+        except trio.TooSlowError:
+            raise ApplianceUnavailable(f"appliance {address}: connect timed out") from None
+        except TransportError as e:
+            raise ApplianceUnavailable(f"appliance {address}: {e}") from e
+        except OSError as e:
+            raise ApplianceUnavailable(f"appliance {address}: {e.strerror or e}") from e
+        try:
+            yield client
+        finally:
+            await self._close(address, client)
 
     async def mark_failed(self, address: str, client: ApplianceClient | None = None) -> None:
         """Drop the connection to ``address`` after an error; a later ``client()`` reconnects.

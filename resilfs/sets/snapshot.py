@@ -3,13 +3,16 @@
 A snapshot of a set is a new set, named by the caller, whose regions hold the source set's
 bytes as they were at one instant. Two ways, neither moves set data through the client:
 
-* **split** (a healthy mirror set): the last member region is taken out of the set and
-  becomes the snapshot's data. A placeholder (a failed member with no region) takes its
-  place, so the source set is short of one member; the ``RebuildWorker`` allocates a
-  replacement and rebuilds it in the background. The snapshot set is a ``mirror:N`` set of
-  that one region plus ``N-1`` placeholders, which the worker fills in the same way once
-  it watches the snapshot set (the snapshot's own redundancy comes then).
-* **clone** (parity/ec sets, and mirror sets that are not fully healthy): each live member's
+* **split** (a healthy mirror set of three or more copies): the last member region is taken
+  out of the set and becomes the snapshot's data. A placeholder (a failed member with no
+  region) takes its place, so the source set is short of one member (and still has two
+  copies); the set tells the ``RebuildWorker`` at once, which allocates a replacement and
+  rebuilds it in the background. The snapshot set is a ``mirror:N`` set of that one region
+  plus ``N-1`` placeholders, which the worker fills in the same way once it watches the
+  snapshot set (the snapshot's own redundancy comes then).
+* **clone** (parity/ec sets, mirror sets of two copies, whose live data a split would
+  leave on one copy until the rebuild ends, and mirror sets that are not fully healthy):
+  each live member's
   appliance copies its region locally (the appliance's CLONE op); the snapshot set has the
   source's scheme, the clones as members, and the source members' states and dirty stripes,
   so it keeps the redundancy the source had. Its record is stored at once, before the
@@ -49,6 +52,7 @@ from .resiliency import ResiliencySet
 log = logging.getLogger(__name__)
 
 SPLIT, CLONE = "split", "clone"
+SPLIT_MIN_COPIES = 3  # a mirror set is split only if two copies of its live data stay
 
 
 @dataclass(eq=False)
@@ -82,8 +86,11 @@ def _all_stripes(stripes: int) -> frozenset[int]:
 
 
 def _splittable(s: ResiliencySet) -> int | None:
-    """The member a split would take (the last), or None if the set is not fully healthy."""
-    if s.mirror and all(m.state == OK and not m.dirty for m in s.members):
+    """The member a split would take (the last), or None: the set is not fully healthy, or
+    a split would leave its live data on a single copy (a mirror of two), which one
+    appliance failure before the rebuild ends would lose. Such sets are cloned."""
+    if (s.mirror and len(s.members) >= SPLIT_MIN_COPIES
+            and all(m.state == OK and not m.dirty for m in s.members)):
         return len(s.members) - 1
     return None
 
@@ -99,8 +106,8 @@ async def settle(s: ResiliencySet, timeout: float) -> None:
     """Wait, up to ``timeout`` seconds, while a mirror set regains a member that an earlier
     snapshot split off (placeholder or rebuilding) and none has really failed: a split
     then takes the place of a clone, which copies the whole region inside the appliances
-    (and keeps them busy meanwhile)."""
-    if not s.mirror:
+    (and keeps them busy meanwhile). Sets that are never split return at once."""
+    if not s.mirror or len(s.members) < SPLIT_MIN_COPIES:
         return
     with trio.move_on_after(timeout):
         while (any(m.state == REBUILDING or placeholder(m) for m in s.members)
@@ -206,18 +213,24 @@ def detach(snap: SetSnapshot) -> None:
 
 
 async def _clone(snap: SetSnapshot) -> None:
+    """Clone every live member in its appliance, each over a connection of its own (the
+    appliance serves a connection's requests in order: a clone on the pool's connection
+    would hold up every other request to that appliance for its whole length). Each clone
+    is in ``snap._clones`` as soon as it exists, so that ``undo`` frees it whatever happens
+    next (a failure, a cancellation). A clone that never answered is the appliance's to
+    free: it frees a copy whose client closed the connection (timed out, cancelled, died)."""
     s = snap.source
     snap.method = CLONE
     clones: dict[int, RegionHandle] = {}
     errors: list[Exception] = []
 
     async def one(i: int, m: Member) -> None:
-        client = None
-        try:
-            client = await s.pool.client(m.appliance)
-            clones[i] = await client.clone(m.handle)
+        try:  # the set's other requests (and the pool's probes) never wait behind a clone
+            async with s.pool.private(m.appliance) as client:
+                clones[i] = await client.clone(m.handle)  # waits longer for a larger region
+                snap._clones.append(clones[i])
         except ApplianceUnavailable as e:  # the member is gone: its clone too
-            await s.mark_failed(i, e, client)
+            await s.mark_failed(i, e, None)
         except TransportError as e:
             errors.append(e)
 
@@ -225,7 +238,6 @@ async def _clone(snap: SetSnapshot) -> None:
         for i, m in enumerate(s.members):
             if m.state != FAILED:
                 nursery.start_soon(one, i, m)
-    snap._clones = list(clones.values())
     if not errors and any(len([i for i in clones if s.members[i].usable(st)]) < s.k
                           for st in range(s.stripes)):
         errors.append(SetUnavailable(f"fewer than {s.k} current members to clone"))

@@ -8,8 +8,10 @@ waits for a reply reads the socket ("the waiter reads"), receiving read data str
 the callers' buffers and handing every other reply to its waiter, until its own reply is in;
 then the next waiter takes over. A lone request thus costs one send and one receive with no
 task switch. The reading waiter fails the connection when requests are pending and the
-appliance sent nothing for ``timeout`` seconds; from then on (and after EOF, a socket error
-or a framing error) every call raises ``ApplianceUnavailable`` at once.
+appliance sent nothing for ``timeout`` seconds, plus the allowance of the oldest pending
+request, the one the appliance is serving (it serves a connection's requests in order): a
+CLONE's grows with its region, ``size / CLONE_RATE_MIN``. From then on (and after EOF, a
+socket error or a framing error) every call raises ``ApplianceUnavailable`` at once.
 
 Cancelling a call abandons it: its reply is discarded when it comes. A cancelled call that
 was receiving a frame finishes receiving that frame first (shielded, still bounded by the
@@ -30,6 +32,7 @@ import trio
 from .. import auth
 from ..protocol import (
     APPLY_PREFIX,
+    CLONE_RATE_MIN,
     DATA_PREFIX,
     FORWARD_PREFIX,
     HEADER_SIZE,
@@ -76,9 +79,10 @@ GATHER_THRESHOLD = 256 * 1024  # request bytes from which a send first gathers t
 
 
 class _Pending:
-    __slots__ = ("event", "status", "payload", "dest", "dest_len", "start", "fd", "waiting")
+    __slots__ = ("event", "status", "payload", "dest", "dest_len", "start", "allowance", "fd",
+                 "waiting")
 
-    def __init__(self, dest, dest_len, start):
+    def __init__(self, dest, dest_len, start, allowance=0.0):
         self.event = None  # a trio.Event while parked: set when the reply is in, or to hand
         # over the reading
         self.status = None  # the reply's status; stays None while waiting or if the link died
@@ -86,6 +90,7 @@ class _Pending:
         self.dest = dest
         self.dest_len = dest_len
         self.start = start  # time.perf_counter() when the call began
+        self.allowance = allowance  # seconds the appliance may take beyond the timeout
         self.fd = None
         self.waiting = False  # parked on ``event`` (not sending, not reading)
 
@@ -184,13 +189,14 @@ class StreamClient(ApplianceClient):
         try:
             while mine.status is None and self._dead is None:
                 if not self._reader.buffered() and not self._reader.fill_nowait():
-                    oldest = next(iter(self._pending.values()), mine).start
-                    left = max(oldest, self._last_progress) + self.timeout - time.perf_counter()
+                    oldest = next(iter(self._pending.values()), mine)
+                    deadline = (max(oldest.start, self._last_progress) + self.timeout
+                                + oldest.allowance)
+                    left = deadline - time.perf_counter()
                     # trio idle: block in poll() right here (no scheduler trip, no timer
                     # shorter than the timeout); else, or if that was interrupted, park
                     if not (self._reader.wait_idle(left) and self._reader.fill_nowait()):
-                        left = (max(oldest, self._last_progress) + self.timeout
-                                - time.perf_counter())
+                        left = deadline - time.perf_counter()
                         with trio.move_on_after(max(left, 0.0)) as scope:
                             await self._reader.wait_data()
                         if scope.cancelled_caught:
@@ -314,13 +320,15 @@ class StreamClient(ApplianceClient):
         await trio.lowlevel.checkpoint()
 
     # -- requests ------------------------------------------------------------------
-    async def _call(self, op: int, parts: Sequence, dest=None, dest_len: int = 0) -> _Pending:
-        """Send one request and wait for its reply; raise the error it carries."""
+    async def _call(self, op: int, parts: Sequence, dest=None, dest_len: int = 0,
+                    allowance: float = 0.0) -> _Pending:
+        """Send one request and wait for its reply; raise the error it carries.
+        ``allowance``: seconds the appliance may take for it beyond the timeout."""
         if self._dead is not None:
             raise self._unavailable()
         request_id = self._next_id
         self._next_id += 1
-        pending = _Pending(dest, dest_len, time.perf_counter())
+        pending = _Pending(dest, dest_len, time.perf_counter(), allowance)
         self._pending[request_id] = pending
         length = sum(map(len, parts))
         header = pack_header(length, op, request_id)
@@ -413,8 +421,8 @@ class StreamClient(ApplianceClient):
             with trio.CancelScope(shield=True):
                 await self._batch_sent.wait()
 
-    async def _control(self, op: int, payload: bytes = b"") -> Reader:
-        return Reader((await self._call(op, [payload])).payload)
+    async def _control(self, op: int, payload: bytes = b"", allowance: float = 0.0) -> Reader:
+        return Reader((await self._call(op, [payload], allowance=allowance)).payload)
 
     def _handle(self, payload) -> RegionHandle:
         region_id, key, size = REGION_DESC.unpack(payload)
@@ -434,7 +442,8 @@ class StreamClient(ApplianceClient):
                                                    length))
 
     async def clone(self, region: RegionHandle) -> RegionHandle:
-        r = await self._control(Op.CLONE, REGION_REF.pack(region.region_id, region.key))
+        r = await self._control(Op.CLONE, REGION_REF.pack(region.region_id, region.key),
+                                region.size / CLONE_RATE_MIN)  # copied at least that fast
         return self._handle(r.raw(REGION_DESC.size))
 
     async def regions(self, owner: str | None = None) -> list[RegionInfo]:

@@ -164,6 +164,8 @@ def _run_cli(*args, timeout=10):
     (["--listen", "nohostport"], "--listen must be HOST:PORT"),
     (["--listen", "127.0.0.1:99999"], "--listen must be HOST:PORT"),
     (["--metrics", "x"], "--metrics must be HOST:PORT"),
+    (["--clone-rate", "fast"], "--clone-rate must be a positive size"),
+    (["--clone-rate", "1M"], "--clone-rate must be at least 64M"),
     (["--secret-file", "/nonexistent/secret"], "cannot open secret file"),
     (["--frobnicate"], "unrecognized arguments"),
 ])
@@ -286,3 +288,29 @@ async def test_source_freed_during_clone_leaks_nothing(launcher):
     for copy in copies:  # the clone finished first: the copy is a region of its own
         await cloner.free(copy)
     assert (await freer.stat()).used == 0
+
+
+async def test_a_clone_slower_than_the_timeout_is_waited_for(launcher):
+    """An appliance that clones at 64 MiB/s (``--clone-rate``, the slowest allowed) takes
+    about 2 s for 128 MiB, twice the client's timeout: the client waits (its wait grows
+    with the region). A client that goes away mid-clone leaves nothing behind: the
+    appliance frees the copy whose key nobody can learn."""
+    app = launcher.start(1, capacity="600M", extra_args=("--clone-rate", "64M"))[0]
+    client = await connect(app.address, secret=launcher.secret, timeout=1.0)
+    region = await client.alloc(128 * MiB, "fault")
+    await client.write(region, 0, b"head")
+    await client.write(region, 100 * MiB - 2, b"middle")  # across a page; holes around it
+    copy = await client.clone(region)
+    assert bytes(await client.read(copy, 0, 4)) == b"head"
+    assert bytes(await client.read(copy, 100 * MiB - 2, 6)) == b"middle"
+    assert bytes(await client.read(copy, 50 * MiB, 1 * MiB)) == bytes(MiB)
+    await client.free(copy)
+    quitter = await connect(app.address, secret=launcher.secret, timeout=1.0)
+    with trio.move_on_after(0.5):
+        await quitter.clone(region)
+    assert (await client.stat()).regions == 2  # the source and the copy being made
+    await quitter.aclose()
+    with trio.fail_after(10):
+        while (await client.stat()).regions != 1:
+            await trio.sleep(0.05)
+    await client.aclose()

@@ -132,9 +132,10 @@ async def _overwrite(fs: Fs, ino: int) -> bytes:
 def test_crash_before_the_records_are_stored(launcher, appliances, stored):
     """The call returned (journaled), then the daemon died before the background stored
     the records (none of them, or the sources' only): the next mount stores them from the
-    journal, and the source sets never write into the snapshot's regions."""
+    journal, and the source sets never write into the snapshot's regions. (mirror:3: a
+    split; a mirror:2 set is cloned.)"""
     async def main(apps, secret):
-        fs = await Fs.mount(apps, secret, fresh=True)
+        fs = await Fs.mount(apps, secret, fresh=True, scheme="mirror:3")
         ino, old = await _snapshot(fs)
         sources = sorted(fs.state.allocator.set_sizes())
         if stored == "sources":
@@ -143,7 +144,7 @@ def test_crash_before_the_records_are_stored(launcher, appliances, stored):
         for set_id in sources:  # what the appliances say of the sources before the crash
             m, _ = await records.load(fs.pool, OWNER, set_name(set_id))
             assert [x.state for x in m.members] == (
-                ["ok", "ok"] if stored == "nothing" else ["ok", "failed"])
+                ["ok"] * 3 if stored == "nothing" else ["ok", "ok", "failed"])
         snapsets = sorted(fs.state.snapsets)
         assert not set(await records.list_sets(fs.pool, OWNER)) & {
             set_name(i) for i in snapsets}
@@ -158,7 +159,7 @@ def test_crash_before_the_records_are_stored(launcher, appliances, stored):
                 _regions(await records.load(fs.pool, OWNER, set_name(i)))}
         snap = {r for i in snapsets for r in
                 _regions(await records.load(fs.pool, OWNER, set_name(i)))}
-        assert not live & snap and len(live) == len(snap) == 3
+        assert not live & snap and (len(live), len(snap)) == (6, 3)
         await fs.crash()
 
     run(appliances, launcher.secret, main)
@@ -169,11 +170,12 @@ def _regions(loaded):
     return {(x.appliance, x.region_id) for x in m.members if x.region_id}
 
 
-@pytest.mark.parametrize("scheme", ["mirror:2", "parity:2+1"])
+@pytest.mark.parametrize("scheme", ["mirror:3", "mirror:2", "parity:2+1"])
 def test_crash_before_the_commit(launcher, appliances, scheme):
     """The daemon died while the snapshot was being journaled: nothing of it is visible
-    after the next mount, every region is where it was, and nothing leaked (mirror:2
-    splits, decided only; parity clones every member, whose regions the sweep frees)."""
+    after the next mount, every region is where it was, and nothing leaked (mirror:3
+    splits, decided only; mirror:2 and parity clone every member, whose regions the sweep
+    frees)."""
     async def main(apps, secret):
         fs = await Fs.mount(apps, secret, fresh=True, scheme=scheme)
         data = os.urandom(SIZE)
@@ -256,7 +258,7 @@ def test_crash_during_a_delete_leaks_nothing(launcher, appliances):
         fs = await Fs.mount(apps, secret)
         assert not fs.state.snapsets and fs.snapshots.by_name(b"s") is None
         assert await fs.regions() == await fs.referenced()
-        assert len(await fs.regions()) == 3  # the live sets' remaining members
+        assert len(await fs.regions()) == 6  # the live sets' members (cloned: all stay)
         assert await fs.read(ino) == new
         await fs.crash()
 

@@ -1,6 +1,7 @@
-"""Snapshot metadata (resilfs.fs.snapshots + the SNAPSET/SNAPSHOT/UNSNAPSHOT records):
-recorded copies replay to the same state from batches and from a checkpoint, stay out of
-the allocator, and a delete gives back exactly the state before (sets freed whole)."""
+"""Snapshot metadata (resilfs.fs.snapshots and snapshot_trees, the SNAPSET/SNAPSHOT/
+UNSNAPSHOT records): recorded copies replay to the same state from batches and from a
+checkpoint, stay out of the allocator, and a delete gives back exactly the state before
+(sets freed whole)."""
 import stat
 
 import trio
@@ -8,7 +9,8 @@ import trio
 from resilfs.fs.journal import Journal
 from resilfs.fs.journal_dir import DirJournalStore
 from resilfs.fs.metadata import Metadata
-from resilfs.fs.snapshots import DIR_NAME, SNAPSET_BASE, Snapshots
+from resilfs.fs.snapshot_names import DIR_NAME
+from resilfs.fs.snapshots import SNAPSET_BASE, Snapshots
 from resilfs.fs.state import ROOT_INODE
 
 
@@ -45,8 +47,8 @@ async def test_snapshot_records_replay_and_delete(tmp_path):
     before = journal.state.snapshot()
     backing = FakeBacking()
     snaps = Snapshots(md, None, backing, journal)
-    tree = snaps._capture(d)
-    info = snaps._record(b"s", d, tree, {SNAPSET_BASE: (1, 1 << 20, b"membership")})
+    tree = snaps.trees.capture(d)
+    info = snaps.trees.record(b"s", d, tree, {SNAPSET_BASE: (1, 1 << 20, b"membership")})
     await journal.commit()
     state = journal.state
     top = state.inodes[info.top]
