@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "down": "down",
     "status": "status",
     "scrub": "scrub",
+    "fsck": "fsck",
     "snapshot": "snapshot",
 }
 
