@@ -39,6 +39,10 @@ from .state import ROOT_INODE, State
 #: at most this many lines of each kind in a report (the online one travels in an xattr)
 MAX_LINES = 200
 
+#: a running mount's sets are looked at again this many times (a pool interval apart)
+#: while anything looks wrong or out of reach: a save or a reconnection may be under way
+LIVE_ATTEMPTS = 3
+
 CLEAN, PROBLEMS, UNCHECKED = 0, 1, 2  # exit codes (fsck.s3ql, xfs_repair -n)
 
 
@@ -229,12 +233,13 @@ async def check_sets(pool, owner: str, sets: dict[str, int], scheme: str | None 
     ``pool``; see the module docstring. ``scheme``: that of the data sets (snapshot sets
     may differ and are not compared). ``live``: a mount is running, so a set record that
     is not yet stored, or a save half done, is looked at again a few times before it
-    counts. Appliances that do not answer go to ``unchecked``; nothing is written."""
+    counts. Appliances that do not answer go to ``unchecked`` (and their connection is
+dropped, so that the pool reconnects); nothing is written."""
     report = await _check_sets_once(pool, owner, sets, scheme)
-    for _ in range(3 if live else 0):
-        if not report.problems:
+    for _ in range(LIVE_ATTEMPTS if live else 0):
+        if not report.problems and not report.unchecked:
             break
-        await trio.sleep(0.3)
+        await trio.sleep(max(pool.retry_interval, 0.5))
         report = await _check_sets_once(pool, owner, sets, scheme)
     return report
 
@@ -247,6 +252,7 @@ async def _check_sets_once(pool, owner: str, sets: dict[str, int], scheme) -> Re
     clients = {}
 
     async def survey(address: str) -> None:
+        client = None
         try:
             client = await pool.client(address)
             found = {r.region_id: r.size for r in await client.regions(owner)}
@@ -257,6 +263,8 @@ async def _check_sets_once(pool, owner: str, sets: dict[str, int], scheme) -> Re
                     copies.setdefault(name[len(RECORD_PREFIX):], {})[address] = got[1]
         except TransportError as exc:
             report.unchecked.append(f"appliance {address} did not answer: {exc}")
+            if client is not None:  # a dead connection: the pool's next client() reconnects
+                await pool.mark_failed(address, client)
             return
         regions[address] = found
         clients[address] = client
