@@ -86,6 +86,7 @@ class FileModel:
         self.durable = b""
         self.stable = np.zeros(0, dtype=bool)
         self.writes: list[tuple[int, int, int]] = []  # (offset, length, seed) ever written
+        self.adopted = b""  # the content taken as the model after a failed check (seed -1)
         self.fsyncs = 0
 
     def resize(self, size: int) -> None:
@@ -340,8 +341,34 @@ class Harness:
             self.stats.errors += 1
             raise ScheduleFailure(f"names {sorted(names)}, expected {sorted(self.files)}")
 
+    def adopt_files(self) -> None:
+        """After a failed check (the soak goes on): the files as they are become the model;
+        a mount daemon that died is replaced."""
+        if self.mount_process.poll() is not None or not os.path.ismount(self.mountpoint):
+            self._unmount(lazy=True)
+            self.mount()
+        self.files = {}
+        for name in sorted(set(os.listdir(self.mountpoint)) - {".snapshots"}):
+            model = self.files[name] = FileModel()
+            got = self._read(self.path(name))
+            model.current = bytearray(got)
+            model.known = np.ones(len(got), dtype=bool)
+            model.adopted = got
+            model.writes.append((0, len(got), -1))  # what it holds counts as written
+            model.synced()
+            model.fsyncs = 0
+        self.snapshots = {}
+
     def random_op(self) -> None:
-        """One operation chosen by ``self.rng`` (for the soak)."""
+        """One operation chosen by ``self.rng`` (for the soak); an unexpected OSError is
+        counted and raised as ScheduleFailure."""
+        try:
+            self._random_op()
+        except OSError as exc:
+            self.stats.errors += 1
+            raise ScheduleFailure(f"{exc}\n{self.mount_log()}") from exc
+
+    def _random_op(self) -> None:
         r = self.rng
         name = f"f{r.randrange(FILES)}"
         kind = r.choices(["write", "mmap", "truncate", "fsync", "rename", "unlink",
@@ -531,6 +558,10 @@ class Harness:
             if offset >= len(a):
                 continue
             end = min(offset + length, len(a))
+            if seed < 0:  # adopted after a failed check: the content as it was then
+                data = np.frombuffer(model.adopted[offset:end], dtype=np.uint8)
+                ok[offset:offset + len(data)] |= a[offset:offset + len(data)] == data
+                continue
             data = np.frombuffer(pattern(seed, length)[:end - offset], dtype=np.uint8)
             ok[offset:end] |= a[offset:end] == data
         if ok.all():
