@@ -117,8 +117,11 @@ class FileModel:
 
 class Harness:
     def __init__(self, scheme: str, write_mode: str | None = None, transport: str = "tcp",
-                 workdir: str | None = None, seed: int = 0, log=None):
+                 workdir: str | None = None, seed: int = 0, log=None,
+                 appliances: int | None = None, capacity: str = "96M"):
         self.scheme = scheme
+        self.appliances = appliances  # default: the scheme's width and a spare
+        self.capacity = capacity
         self.write_mode = write_mode or SCHEMES.get(scheme, "parallel")
         self.transport = transport
         self.own_workdir = workdir is None
@@ -139,7 +142,8 @@ class Harness:
     def start(self) -> "Harness":
         width = Scheme.parse(self.scheme).width
         self.launcher = ApplianceLauncher(os.path.join(self.workdir, "appliances"))
-        self.apps = self.launcher.start(max(width + 1, 3), persist=True, capacity="96M")
+        self.apps = self.launcher.start(self.appliances or max(width + 1, 3), persist=True,
+                                        capacity=self.capacity)
         self.cluster = os.path.join(self.workdir, "cluster.toml")
         clusterfile.write(self.cluster, "faults", self.transport,
                           os.path.relpath(self.launcher.secret_file, self.workdir),
@@ -342,15 +346,31 @@ class Harness:
             raise ScheduleFailure(f"names {sorted(names)}, expected {sorted(self.files)}")
 
     def adopt_files(self) -> None:
-        """After a failed check (the soak goes on): the files as they are become the model;
-        a mount daemon that died is replaced."""
-        if self.mount_process.poll() is not None or not os.path.ismount(self.mountpoint):
+        """After a failed check (the soak goes on): the fault ends, the filesystem is
+        mounted again, and the files as they are become the model (files that cannot be
+        read are removed, with an error counted each)."""
+        kind, index = self.fault or (None, 0)
+        if kind in ("kill", "term"):
+            self.launcher.restart(self.apps[index])
+        elif kind == "stop":
+            os.kill(self.apps[index].pid, signal.SIGCONT)
+        elif kind == "nospace":
+            trio.run(self._free, self._hog)
+        self.fault = None
+        self._unmount()
+        if os.path.ismount(self.mountpoint):
             self._unmount(lazy=True)
-            self.mount()
+        self.mount()
         self.files = {}
         for name in sorted(set(os.listdir(self.mountpoint)) - {".snapshots"}):
+            try:
+                got = self._read(self.path(name))
+            except OSError as exc:
+                self.stats.errors += 1
+                self.log(f"{name} unreadable ({exc}): removed")
+                os.unlink(self.path(name))
+                continue
             model = self.files[name] = FileModel()
-            got = self._read(self.path(name))
             model.current = bytearray(got)
             model.known = np.ones(len(got), dtype=bool)
             model.adopted = got
@@ -393,7 +413,10 @@ class Harness:
 
     # -- faults ----------------------------------------------------------------------------
     def appliance_down(self, kind: str, index: int) -> None:
+        """Start a fault, once every set is healthy: one failure at a time is what the
+        schemes tolerate (a mirror snapshot leaves its set degraded until rebuilt)."""
         assert self.fault is None
+        self.wait_healthy()
         index %= len(self.apps)
         app = self.apps[index]
         self.stats.faults += 1

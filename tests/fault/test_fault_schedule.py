@@ -108,3 +108,24 @@ def test_fault_schedule(scheme, monkeypatch):
         max_examples=2, stateful_step_count=STEPS, deadline=None,
         phases=[Phase.explicit, Phase.generate], database=None,
         suppress_health_check=list(HealthCheck)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "snapshots (snap): a mirror snapshot splits a member off its set, which is then a single "
+    "copy until the rebuild: losing the other appliance in that window loses fsync'd data "
+    "(EIO, read-only) although only one appliance failed"))
+def test_one_appliance_lost_right_after_a_mirror_snapshot_loses_nothing():
+    """Found by the soak (mirror:2 over shm, seed 7): an appliance killed right after a
+    snapshot, before the split set was rebuilt (the rebuild copies the whole 4 MiB set:
+    tens of milliseconds; the kill comes within a millisecond of the snapshot's return)."""
+    h = Harness("mirror:2").start()
+    try:
+        h.write("f0", 0, 300000, 1)
+        h.fsync("f0")
+        members = h.status()["sets"][0]["members"]
+        survivor = next(a for a in h.apps if a.address == members[0])  # member 1 is split off
+        h.snapshot("f0")
+        h.launcher.kill(survivor)
+        assert h._read(h.path("f0")) == bytes(h.files["f0"].current)
+    finally:
+        h.close()
