@@ -233,3 +233,15 @@ def test_bad_arguments_say_so(fs, tmp_path):
     assert r.stdout == ""
     r = run_cli("fsck", "--online", str(tmp_path))
     assert r.returncode == 2 and r.stderr.startswith("resilfs fsck: ")
+
+
+def test_the_tests_fs_fixture_fails_on_damage(fs):
+    """What ``scrub_and_fsck`` (tests/fs/conftest.py) runs at the end of every fs test finds
+    damage online and offline."""
+    from tests.fs.conftest import _findings
+    ino = inodes_by_name(fs)["d/f1"]
+    append_batch(fs, [(Op.DIRENT, 1, b"stray-name", ino)])
+    fs.mount()
+    found = _findings(fs)
+    assert f"fsck --online: inode {ino} has link count 1, expected 2" in found
+    assert f"fsck: inode {ino} has link count 1, expected 2" in found
