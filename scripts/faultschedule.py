@@ -7,10 +7,12 @@ for rebuilds), formats a filesystem with small sets and mounts it. Operations (`
 ``truncate``, ``rename``, ``unlink``, ``mmap_write``, ``fsync``, ``snapshot``) act on the
 mount and on the model; faults act on processes:
 
-* ``appliance_down(kind, i)``: SIGKILL, SIGSTOP or SIGTERM appliance ``i``, or fill its
-  memory (``nospace``: a client takes what is free); ``appliance_up()`` ends it (restart
-  with the same persist dir and reattach, SIGCONT, or free the memory), waits until every
-  set is healthy again, then ``check()``.
+* ``appliance_down(kind, i)``: SIGKILL, SIGSTOP or SIGTERM appliance ``i``, fill its
+  memory (``nospace``: a client takes what is free), or (``partition=True``, tcp: the
+  appliances then run in network namespaces, scripts/netns_appliances.py) cut it off the
+  network; ``appliance_up()`` ends it (restart with the same persist dir and reattach,
+  SIGCONT, free the memory, or join the network again), waits until every set is healthy
+  again, then ``check()``.
 * ``crash_mount()``: SIGKILL the mount daemon, clear the dead mount, mount again, ``check()``.
 
 The model of a file: ``current`` (what reads must return while the daemon lives), ``known``
@@ -21,9 +23,10 @@ once written at its offset). Namespace changes are followed by an fsync of the d
 so names are always durable; only data is at the mercy of a crash.
 
 ``check()``: every file reads back (page cache dropped first) as the model says, every
-snapshot as its file was, ``resilfs scrub`` finds no mismatch and ``resilfs fsck --online``
-no problem. Counts go to ``Harness.stats``; a check that fails raises ``ScheduleFailure``
-after counting. Every wait has a deadline. ``close()`` stops everything it started, by PID.
+snapshot as its file was, scrub finds nothing wrong and ``fsck --online`` nothing at all
+(both through the mount's xattrs, as the CLI does). Counts go to ``Harness.stats``; a
+check that fails raises ``ScheduleFailure`` after counting. Every wait has a deadline.
+``close()`` stops everything it started, by PID.
 """
 import errno
 import json
@@ -41,8 +44,11 @@ import numpy as np
 import trio
 
 from resilfs.appliance.launcher import ApplianceLauncher
+from resilfs.cli.fsck import check_online
 from resilfs.fs import cluster as clusterfile
 from resilfs.scheme import Scheme
+
+from .netns_appliances import NetnsAppliances
 
 MOUNT_TIMEOUT = 30.0
 HEALTHY_TIMEOUT = 90.0
@@ -118,8 +124,12 @@ class FileModel:
 class Harness:
     def __init__(self, scheme: str, write_mode: str | None = None, transport: str = "tcp",
                  workdir: str | None = None, seed: int = 0, log=None,
-                 appliances: int | None = None, capacity: str = "96M"):
+                 appliances: int | None = None, capacity: str = "96M",
+                 partition: bool = False):
         self.scheme = scheme
+        # appliances in network namespaces (tcp only), so that "partition" can cut one off
+        self.partition = partition and transport == "tcp"
+        self.faults = FAULTS + (("partition",) if self.partition else ())
         self.appliances = appliances  # default: the scheme's width and a spare
         self.capacity = capacity
         self.write_mode = write_mode or SCHEMES.get(scheme, "parallel")
@@ -141,7 +151,8 @@ class Harness:
     # -- setup and teardown ----------------------------------------------------------------
     def start(self) -> "Harness":
         width = Scheme.parse(self.scheme).width
-        self.launcher = ApplianceLauncher(os.path.join(self.workdir, "appliances"))
+        where = os.path.join(self.workdir, "appliances")
+        self.launcher = NetnsAppliances(where) if self.partition else ApplianceLauncher(where)
         self.apps = self.launcher.start(self.appliances or max(width + 1, 3), persist=True,
                                         capacity=self.capacity)
         self.cluster = os.path.join(self.workdir, "cluster.toml")
@@ -356,6 +367,8 @@ class Harness:
             os.kill(self.apps[index].pid, signal.SIGCONT)
         elif kind == "nospace":
             trio.run(self._free, self._hog)
+        elif kind == "partition":
+            self.launcher.heal(self.apps[index])
         self.fault = None
         self._unmount()
         if os.path.ismount(self.mountpoint):
@@ -429,6 +442,8 @@ class Harness:
             os.kill(app.pid, signal.SIGSTOP)
         elif kind == "nospace":
             self._hog = trio.run(self._fill, app.address)
+        elif kind == "partition":
+            self.launcher.cut(app)
         self.fault = (kind, index)
 
     async def _fill(self, address: str):
@@ -459,6 +474,8 @@ class Harness:
         elif kind == "nospace":
             trio.run(self._free, self._hog)
             self._hog = None
+        elif kind == "partition":
+            self.launcher.heal(app)
         self.fault = None
         self.wait_healthy()
         self.check()
@@ -472,6 +489,16 @@ class Harness:
                        timeout=30)
         self.mount()
         self.check(after_crash=True)
+
+    def scrub(self) -> dict:
+        """``resilfs scrub``: start a check of every set and wait for its report."""
+        os.setxattr(self.mountpoint, "user.resilfs.scrub", b"check")
+        deadline = time.monotonic() + HEALTHY_TIMEOUT
+        while not (scrub := self.status()["scrub"])["finished"]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return scrub
 
     def status(self) -> dict:
         return json.loads(os.getxattr(self.mountpoint, "user.resilfs.status"))
@@ -525,12 +552,12 @@ class Harness:
         for snap, (name, content, known) in sorted(self.snapshots.items()):
             got = self._read(os.path.join(self.mountpoint, ".snapshots", snap))
             problems += self._compare(f"snapshot {snap} of {name}", content, known, got)
-        scrub = self._cli("scrub", self.mountpoint, check=False)
-        if scrub.returncode != 0:
-            problems.append(f"scrub: {scrub.stdout.strip()} {scrub.stderr.strip()}")
-        fsck = self._cli("fsck", "--online", self.mountpoint, check=False)
-        if fsck.returncode != 0:
-            problems.append(f"fsck: {fsck.stdout.strip()} {fsck.stderr.strip()}")
+        scrub = self.scrub()
+        if not scrub["finished"] or scrub["mismatched"] or scrub["unchecked"] \
+                or scrub["errors"]:
+            problems.append(f"scrub: {json.dumps(scrub)}")
+        fsck = check_online(self.mountpoint)
+        problems += [f"fsck: {line}" for line in fsck.problems + fsck.unchecked]
         if problems:
             self.stats.errors += len(problems)
             self.stats.messages += problems
@@ -599,4 +626,4 @@ class Harness:
             return self.appliance_up()
         if self.rng.random() < 0.25:
             return self.crash_mount()
-        self.appliance_down(self.rng.choice(FAULTS), self.rng.randrange(len(self.apps)))
+        self.appliance_down(self.rng.choice(self.faults), self.rng.randrange(len(self.apps)))
