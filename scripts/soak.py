@@ -6,8 +6,9 @@
 
 Random file operations on a real mount (write, mmap write, truncate, fsync, rename, unlink,
 snapshot), a fault every few operations (appliance SIGKILL, SIGSTOP, SIGTERM, out of
-memory, each ended by a restart/SIGCONT/free and a wait for healthy sets; or a SIGKILL of
-the mount daemon and a remount), and after each recovery a check of every file against
+memory, a network partition over tcp when root (ip netns), each ended by a
+restart/SIGCONT/free/rejoin and a wait for healthy sets; or a SIGKILL of the mount
+daemon and a remount), and after each recovery a check of every file against
 the model, scrub and ``fsck --online`` (scripts/faultschedule.py). A check that fails is
 printed and counted, the model is taken from the files as they are, and the soak goes
 on. A progress line while it runs; one JSON line at the end:
@@ -24,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from scripts import netns_appliances  # noqa: E402
 from scripts.faultschedule import SCHEMES, Harness, ScheduleFailure  # noqa: E402
 
 
@@ -35,13 +37,17 @@ def main(args=None) -> int:
     p.add_argument("--write-mode", choices=["parallel", "sequential", "forward"],
                    help=f"default by scheme: {SCHEMES}")
     p.add_argument("--seed", type=int, default=None, help="default: from the clock (printed)")
+    p.add_argument("--workdir", help="keep appliance data and logs here (default: a temp dir, "
+                                     "removed at the end)")
     opts = p.parse_args(args)
     seed = opts.seed if opts.seed is not None else time.time_ns() % (1 << 32)
-    print(f"soak: {opts.scheme} over {opts.transport}, {opts.seconds:.0f} s, seed {seed} "
-          f"(replay: --seed {seed})", file=sys.stderr)
     last = ["starting"]
-    h = Harness(opts.scheme, opts.write_mode, opts.transport, seed=seed,
-                log=lambda message: last.__setitem__(0, message))
+    partition = opts.transport == "tcp" and netns_appliances.available()
+    h = Harness(opts.scheme, opts.write_mode, opts.transport, workdir=opts.workdir, seed=seed,
+                log=lambda message: last.__setitem__(0, message), partition=partition)
+    print(f"soak: {opts.scheme} over {opts.transport}"
+          f"{' (partitions too)' if partition else ''}, {opts.seconds:.0f} s, seed {seed} "
+          f"(replay: --seed {seed})", file=sys.stderr)
     start = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[line]}"))

@@ -140,3 +140,27 @@ def test_one_appliance_lost_right_after_a_mirror_snapshot_loses_nothing():
         assert h._read(h.path("f0")) == bytes(h.files["f0"].current)
     finally:
         h.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "forwarded writes (sets/forward.py, appliance/forward.py): an appliance stopped while it "
+    "holds a forwarded write, then replaced, applies that write's parity delta to its old "
+    "peers when it resumes: the set's parity no longer matches (scrub: 1 stripe mismatched)"))
+def test_a_forwarding_appliance_that_resumes_after_its_replacement_changes_nothing():
+    """Found by the soak (ec:4+2 forward over tcp, seed 11). Scrub is clean while the
+    appliance is stopped and its member rebuilt elsewhere, and mismatched once it resumes;
+    parallel and sequential writes, and mirror sets, stay clean."""
+    h = Harness("parity:2+1", "forward").start()
+    try:
+        h.write("f0", 0, 262144, 1)
+        h.fsync("f0")
+        members = h.status()["sets"][0]["members"]
+        h.appliance_down("stop", next(a.index for a in h.apps if a.address == members[0]))
+        for k in range(8):
+            h.write("f0", k * 20000, 4096, 2 + k)
+            h.fsync("f0")
+        h.wait_healthy()  # the member was replaced on the spare and rebuilt
+        assert h.scrub()["mismatched"] == 0
+        h.appliance_up()  # SIGCONT, healthy, then files, scrub and fsck checked
+    finally:
+        h.close()
