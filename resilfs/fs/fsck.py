@@ -24,6 +24,7 @@ it (``Journal.load`` only reads), records and region lists are only read.
 Offline checks are meant for an unmounted filesystem: with a mount running, what is on the
 appliances trails what the mount holds in memory; use the online check then.
 """
+import json
 import stat
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,8 +37,10 @@ from .backing import set_name
 from .extents import PAGE
 from .state import ROOT_INODE, State
 
-#: at most this many lines of each kind in a report (the online one travels in an xattr)
+#: at most this many lines of each kind in a report, and this many bytes of JSON: the
+#: online report travels as an xattr value (64 KiB at most)
 MAX_LINES = 200
+MAX_JSON = 60_000
 
 #: a running mount's sets are looked at again this many times (a pool interval apart)
 #: while anything looks wrong or out of reach: a save or a reconnection may be under way
@@ -66,17 +69,26 @@ class Report:
         return UNCHECKED if self.unchecked else CLEAN
 
     def to_json(self) -> dict:
-        def cut(lines):
-            if len(lines) <= MAX_LINES:
-                return list(lines)
-            return [*lines[:MAX_LINES], f"... and {len(lines) - MAX_LINES} more"]
-        return {"problems": cut(self.problems), "unchecked": cut(self.unchecked),
-                "notes": cut(self.notes), "inodes": self.inodes, "sets": self.sets}
+        """As plain data of at most MAX_JSON bytes once encoded: long lists are cut, with
+        a last line saying how many lines were left out."""
+        keep = MAX_LINES
+        while True:
+            d = {"problems": _cut(self.problems, keep), "unchecked": _cut(self.unchecked, keep),
+                 "notes": _cut(self.notes, keep), "inodes": self.inodes, "sets": self.sets}
+            if keep == 0 or len(json.dumps(d)) <= MAX_JSON:
+                return d
+            keep //= 2
 
     @classmethod
     def from_json(cls, d: dict) -> "Report":
         return cls(list(d["problems"]), list(d["unchecked"]), list(d["notes"]),
                    int(d["inodes"]), int(d["sets"]))
+
+
+def _cut(lines: list[str], keep: int) -> list[str]:
+    if len(lines) <= keep:
+        return list(lines)
+    return [*lines[:keep], f"... and {len(lines) - keep} more"]
 
 
 # -- the namespace ---------------------------------------------------------------------

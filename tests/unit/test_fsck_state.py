@@ -1,5 +1,6 @@
 """``check_state``: states made by the real metadata operations are clean, live and after a
 checkpoint replay (hypothesis); each kind of damage, done to a state in memory, is found."""
+import json
 import stat
 
 import pytest
@@ -158,3 +159,12 @@ def test_nameless_inode_is_a_note_not_a_problem(state):
     assert report.exit_code == 0
     assert report.notes == ["inode 4 has no name (left open by a crash: the next mount "
                             "deletes it)"]
+
+
+def test_a_long_report_fits_in_an_xattr():
+    from resilfs.fs.fsck import MAX_JSON, Report
+    report = Report(problems=[f"problem {i} " + "x" * 300 for i in range(1000)])
+    encoded = json.dumps(report.to_json())
+    assert len(encoded) <= MAX_JSON
+    assert report.to_json()["problems"][-1].startswith("... and ")
+    assert Report.from_json(report.to_json()).exit_code == 1
