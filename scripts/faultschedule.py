@@ -503,18 +503,22 @@ class Harness:
     def status(self) -> dict:
         return json.loads(os.getxattr(self.mountpoint, "user.resilfs.status"))
 
-    def wait_healthy(self) -> None:
-        """Until every data set is healthy (the pool reconnects to an appliance that no
-        set uses only when it next needs it, so appliances are not waited for)."""
-        deadline = time.monotonic() + HEALTHY_TIMEOUT
+    def wait_healthy(self, timeout: float = HEALTHY_TIMEOUT) -> None:
+        """Until every data set and every snapshot is healthy (a mirror snapshot is a single
+        copy until rebuilt; the pool reconnects to an appliance that no set uses only when
+        it next needs it, so appliances are not waited for)."""
+        deadline = time.monotonic() + timeout
         while True:
             st = self.status()
-            if all(s["state"] == "healthy" for s in st["sets"]):
+            snaps = json.loads(os.getxattr(self.mountpoint, "user.resilfs.snapshots"))
+            if (all(s["state"] == "healthy" for s in st["sets"])
+                    and all(s["health"] == "healthy" for s in snaps)):
                 return
             if time.monotonic() > deadline:
                 self.stats.errors += 1
-                raise ScheduleFailure(f"sets not healthy after {HEALTHY_TIMEOUT} s: "
-                                      f"{json.dumps(st['sets'])}\n{self.mount_log()}")
+                raise ScheduleFailure(f"sets not healthy after {timeout} s: "
+                                      f"{json.dumps(st['sets'])}, snapshots "
+                                      f"{json.dumps(snaps)}\n{self.mount_log()}")
             time.sleep(0.1)
 
     # -- checks ----------------------------------------------------------------------------
@@ -539,7 +543,11 @@ class Harness:
         for name, model in sorted(self.files.items()):
             if name not in names:
                 continue
-            got = self._read(self.path(name))
+            try:
+                got = self._read(self.path(name))
+            except OSError as exc:
+                problems.append(f"file {name}: {exc}")
+                continue
             if after_crash:
                 problems += self._check_crashed(name, model, got)
                 model.current = bytearray(got)  # what the file holds from now on
@@ -550,7 +558,11 @@ class Harness:
             self.stats.fsyncs_checked += model.fsyncs
             model.fsyncs = 0
         for snap, (name, content, known) in sorted(self.snapshots.items()):
-            got = self._read(os.path.join(self.mountpoint, ".snapshots", snap))
+            try:
+                got = self._read(os.path.join(self.mountpoint, ".snapshots", snap))
+            except OSError as exc:
+                problems.append(f"snapshot {snap} of {name}: {exc}")
+                continue
             problems += self._compare(f"snapshot {snap} of {name}", content, known, got)
         scrub = self.scrub()
         if not scrub["finished"] or scrub["mismatched"] or scrub["unchecked"] \
