@@ -6,22 +6,17 @@ the numbers. It does no I/O.
 
 Decoding functions raise ``ProtocolViolation`` for anything malformed; they never raise
 anything else for bad input, so a server can answer every bad frame with an error.
+
+The refusals an appliance answers with are defined here, one class per error status, because
+both sides use them: the appliance raises them and answers with their status; a client
+raises the same class for an error reply (``error_for``). ``transport.base`` re-exports
+them beside what only a client can meet (``ApplianceUnavailable``).
 """
 import re
 import struct
 from collections.abc import Sequence
 
-from .transport.base import (
-    ApplianceError,
-    AuthenticationFailed,
-    ForwardFailed,
-    NoSpace,
-    NoSuchRegion,
-    OutOfBounds,
-    ProtocolViolation,
-    RecordConflict,
-    WrongRegionKey,
-)
+from .errors import ResilfsError
 
 VERSION = 1
 
@@ -85,23 +80,77 @@ class Status:
     FORWARD_FAILED = 10
 
 
+class TransportError(ResilfsError):
+    """Base of everything an operation on an appliance can fail with: a refusal
+    (``ApplianceError``) or, on a client, an appliance it cannot reach
+    (``transport.base.ApplianceUnavailable``)."""
+
+
+class ApplianceError(TransportError):
+    """The appliance refused an operation and changed nothing; ``code`` is its wire status
+    (``Status.INTERNAL`` for an unexpected failure on the appliance)."""
+
+    code = 0
+
+
+class AuthenticationFailed(ApplianceError):
+    """The cluster secret did not match (either side)."""
+
+    code = Status.AUTHENTICATION_FAILED
+
+
+class NoSuchRegion(ApplianceError):
+    """The region does not exist (never allocated, or freed)."""
+
+    code = Status.NO_SUCH_REGION
+
+
+class WrongRegionKey(ApplianceError):
+    """The region key presented does not match the region's key."""
+
+    code = Status.WRONG_REGION_KEY
+
+
+class OutOfBounds(ApplianceError):
+    """The byte range is outside the region."""
+
+    code = Status.OUT_OF_BOUNDS
+
+
+class NoSpace(ApplianceError):
+    """The appliance cannot allocate that much: its capacity would be exceeded."""
+
+    code = Status.NO_SPACE
+
+
+class ProtocolViolation(ApplianceError):
+    """A malformed, oversized or unknown frame."""
+
+    code = Status.PROTOCOL_VIOLATION
+
+
+class RecordConflict(ApplianceError):
+    """A record compare-and-set found a different generation than expected."""
+
+    code = Status.RECORD_CONFLICT
+
+
 class Unsupported(ApplianceError):
     """A well-formed operation this appliance or this kind of connection does not offer."""
 
+    code = Status.UNSUPPORTED
+
+
+class ForwardFailed(ApplianceError):
+    """A forwarded write reached its own region but not every target (the message names them)."""
+
+    code = Status.FORWARD_FAILED
+
 
 ERRORS: dict[int, type[ApplianceError]] = {
-    Status.UNSUPPORTED: Unsupported,
-    Status.AUTHENTICATION_FAILED: AuthenticationFailed,
-    Status.NO_SUCH_REGION: NoSuchRegion,
-    Status.WRONG_REGION_KEY: WrongRegionKey,
-    Status.OUT_OF_BOUNDS: OutOfBounds,
-    Status.NO_SPACE: NoSpace,
-    Status.PROTOCOL_VIOLATION: ProtocolViolation,
-    Status.RECORD_CONFLICT: RecordConflict,
-    Status.FORWARD_FAILED: ForwardFailed,
-}
-for _status, _cls in ERRORS.items():
-    _cls.code = _status
+    cls.code: cls for cls in (Unsupported, AuthenticationFailed, NoSuchRegion, WrongRegionKey,
+                              OutOfBounds, NoSpace, ProtocolViolation, RecordConflict,
+                              ForwardFailed)}
 
 
 def status_of(error: ApplianceError) -> int:

@@ -7,7 +7,8 @@ caller's buffer on a client), so bulk data is copied once by the kernel and neve
 
 Both call the (non-blocking) stdlib socket directly and park in ``trio.lowlevel.wait_*``
 only when it would block: a call that does not block is not a checkpoint, which saves a
-trip through trio's scheduler per frame (MEASURED.md: ~40 us per round trip). Loops that can
+trip through trio's scheduler per frame (on the 2-vCPU development VM a 64-byte round trip
+took ~12 us over plain sockets and ~52 us over trio streams). Loops that can
 run without ever blocking must checkpoint themselves now and then.
 
 When a receive would block and no other trio task is runnable, ``FrameReader`` first waits
@@ -49,7 +50,8 @@ from .protocol import HEADER_SIZE, unpack_header
 
 IOV_MAX = 1024
 BUFFER_SIZE = 256 * 1024
-DIRECT_THRESHOLD = 64 * 1024  # payload pieces at least this large bypass the buffer
+RECV_INTO_MIN = 64 * 1024  # payload pieces at least this large are received straight into
+# the caller's buffer, bypassing the connection's own
 READ_AHEAD = 16 * 1024  # bytes a buffered read asks for beyond what it needs
 
 
@@ -320,7 +322,7 @@ class FrameReader:
             self._start += take
         pos = take
         while pos < n:
-            if n - pos >= DIRECT_THRESHOLD:
+            if n - pos >= RECV_INTO_MIN:
                 got = await self._recv_into(dest[pos:])
                 if not got:
                     raise ConnectionClosed("connection closed by peer")

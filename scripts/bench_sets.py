@@ -22,7 +22,7 @@ import trio
 
 from resilfs.appliance.launcher import ApplianceLauncher
 from resilfs.codec import make_codec
-from resilfs.codec.kernels import copy_parallel, lane_statistics
+from resilfs.copy import copy_parallel, lane_statistics
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet
 from resilfs.transport import connect
 

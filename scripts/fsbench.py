@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from resilfs.appliance.launcher import ApplianceLauncher  # noqa: E402
-from tests.fs.mounting import Mounted, run_cli, write_cluster  # noqa: E402
+from resilfs.cli.mounted import Mounted, run_cli, write_cluster  # noqa: E402
 
 REPEAT = int(os.environ.get("REPEAT", "3"))
 SEQ_SIZE = os.environ.get("SEQ_SIZE", "256M")

@@ -39,7 +39,11 @@ from ..protocol import (
     STAT_REPLY,
     U32,
     U64,
+    ApplianceError,
+    AuthenticationFailed,
+    ForwardFailed,
     Op,
+    ProtocolViolation,
     Reader,
     Unsupported,
     Writer,
@@ -52,8 +56,7 @@ from ..protocol import (
     unpack_targets,
 )
 from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
-from ..transport.base import ApplianceError, AuthenticationFailed, ForwardFailed, ProtocolViolation
-from .forward import Forwarder, fold
+from .peers import Forwarder, fold
 from .store import STATUS_SLOTS, check_range
 
 log = logging.getLogger(__name__)
@@ -439,10 +442,10 @@ class Connection:
 
     async def _list(self, r: Reader):
         owner = r.str() if r.u32() else None
-        infos = self.a.store.list(owner)
-        w = Writer().u32(len(infos))
-        for info in infos:
-            w.u64(info.region_id).u64(info.size).str(info.owner)
+        regions = self.a.store.list(owner)
+        w = Writer().u32(len(regions))
+        for region in regions:
+            w.u64(region.region_id).u64(region.size).str(region.owner)
         return w.build()
 
     async def _lookup(self, r: Reader):

@@ -18,14 +18,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-from ..transport.base import (
-    NoSpace,
-    NoSuchRegion,
-    OutOfBounds,
-    ProtocolViolation,
-    RegionInfo,
-    WrongRegionKey,
-)
+from ..protocol import NoSpace, NoSuchRegion, OutOfBounds, ProtocolViolation, WrongRegionKey
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +173,8 @@ class RegionStore:
         self._free_slots.append(region.slot)
         return region
 
-    def list(self, owner: str | None = None) -> list[RegionInfo]:
-        return [RegionInfo(r.region_id, r.size, r.owner) for r in self._regions.values()
-                if owner is None or r.owner == owner]
+    def list(self, owner: str | None = None) -> list[Region]:
+        return [r for r in self._regions.values() if owner is None or r.owner == owner]
 
     def __len__(self) -> int:
         return len(self._regions)

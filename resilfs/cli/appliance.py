@@ -10,8 +10,9 @@ import uuid
 
 import trio
 
+from ..appliance.intent_log import IntentLog
 from ..appliance.metrics import Metrics
-from ..appliance.records import IntentLog, RecordStore
+from ..appliance.record_store import RecordStore
 from ..appliance.server import Appliance
 from ..appliance.store import RegionStore
 from ..auth import SecretFileError, load_secret

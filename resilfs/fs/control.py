@@ -40,13 +40,13 @@ FSCK = b"user.resilfs.fsck"
 
 class Control:
     def __init__(self, name: str, metadata: Metadata, data: FileData, backing: SetBacking,
-                 journal: Journal, is_read_only, cache=None):
+                 journal: Journal, failsafe, cache=None):
         self.name = name
         self.metadata = metadata
         self.data = data
         self.backing = backing
         self.journal = journal
-        self.is_read_only = is_read_only
+        self.failsafe = failsafe  # resilfs.fs.operations.Failsafe: .read_only
         self.cache = cache  # resilfs.fs.writebehind.WriteBehind, or None: writes go through
         self.scrub: dict | None = None
         self._send, self._receive = trio.open_memory_channel(1)
@@ -103,7 +103,7 @@ class Control:
                                        "done": p.done, "total": p.total, "rate": p.rate,
                                        "eta": p.eta} for p in st.progress]})
         return {"filesystem": self.name, "scheme": fmt.scheme if fmt else None,
-                "read_only": self.is_read_only(), "inodes": len(self.metadata.state.inodes),
+                "read_only": self.failsafe.read_only, "inodes": len(self.metadata.state.inodes),
                 "data_total": total, "data_free": free, "journal_queued": self.journal.queued,
                 "appliances": appliances, "sets": sets, "scrub": self.scrub,
                 "cache": self.cache.statistics() if self.cache is not None else None}

@@ -30,7 +30,8 @@ class DataUnavailable(FsError):
 
 
 class ReadOnly(FsError):
-    """The filesystem turned read-only after data loss (failsafe) or was mounted so."""
+    """A change refused: the filesystem is read-only (failsafe, after data loss), or the
+    target is in the read-only snapshot view."""
 
     errno = errno.EROFS
 

@@ -11,7 +11,9 @@ import pyfuse3
 
 log = logging.getLogger(__name__)
 
-#: read-ahead that makes every buffered read a 1 MiB FUSE request (see MEASURED.md)
+#: read-ahead that makes every buffered read a 1 MiB FUSE request (at the kernel's default,
+#: 128, buffered reads arrive as 256 KiB requests and mmap reads mostly as 4 KiB ones; 1024
+#: made mmap reads ~16x faster on the development VM)
 READ_AHEAD_KB = 1024
 
 

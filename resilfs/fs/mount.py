@@ -37,7 +37,7 @@ from .journal_appliance import ApplianceJournalStore
 from .journal_dir import DirJournalStore
 from .kernel import fuse_options, tune_when_ready
 from .metadata import Metadata
-from .operations import Operations
+from .operations import Failsafe, Operations
 from .snapshots import Snapshots
 from .state import State
 from .sweep import known_sets, sweep
@@ -123,13 +123,15 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         stack.push_async_callback((cache or backing).aclose)  # the cache flushes first
         data = FileData(metadata, cache or backing, fmt.set_size, stripe)
         journal.before_append = data.flush_mapped
-        control = Control(cluster.name, metadata, data, backing, journal,
-                          lambda: operations.read_only, cache=cache)
+        failsafe = Failsafe()
+        control = Control(cluster.name, metadata, data, backing, journal, failsafe,
+                          cache=cache)
         snapshots = Snapshots(metadata, data, backing, journal, mountpoint)
         # before any set is opened or any region allocated:
         await snapshots.sets.recover()  # snapshot records a crash kept off the appliances
         await sweep(pool, cluster.name, known_sets(journal.state))  # regions nothing names
-        operations = Operations(metadata, data, journal, control, snapshots=snapshots)
+        operations = Operations(metadata, data, journal, control, failsafe=failsafe,
+                                snapshots=snapshots)
         worker = JournalWorker(journal, commit_interval)
 
         pyfuse3.init(operations, mountpoint, fuse_options(f"resilfs:{cluster.name}",

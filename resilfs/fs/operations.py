@@ -8,13 +8,12 @@ with its traceback and answered EIO, so that a bug fails one request, not the mo
 Kernel caches. The kernel checks permissions (``default_permissions``), keeps pages across
 opens (``keep_cache``) and runs a writeback cache; it is the only client of this namespace,
 so attributes may be cached long. On a size change by SETATTR or by an O_TRUNC open, the
-kernel truncates its own page cache (and mappings) before the reply. ``invalidate`` is for
-changes the kernel did not make itself (snapshot restore, to come); it runs in a thread
-because it blocks while the kernel writes back dirty pages of that inode.
+kernel truncates its own page cache (and mappings) before the reply. Changes the kernel
+did not make itself (a snapshot restore) are announced to it by the snapshot code.
 
-Failsafe: when a write finds data unavailable beyond the set's tolerance, that request
-gets EIO and the filesystem turns read-only (EROFS for every later change); reads of
-other files keep working.
+Failsafe: when a request finds data unavailable beyond the set's tolerance, that request
+gets EIO and the filesystem turns read-only (``Failsafe``; ReadOnly, EROFS, for every later
+change); reads of other files keep working.
 """
 import errno
 import functools
@@ -23,10 +22,9 @@ import os
 import stat
 
 import pyfuse3
-import trio
 
 from .data import FileData
-from .errors import DataUnavailable, FsError
+from .errors import DataUnavailable, FsError, ReadOnly
 from .journal import Journal
 from .metadata import Metadata
 from .snapshots import LIST as SNAPSHOT_LIST
@@ -51,10 +49,10 @@ def _handler(method):
         except pyfuse3.FUSEError:
             raise
         except FsError as exc:
-            if isinstance(exc, DataUnavailable) and not self.read_only:
+            if isinstance(exc, DataUnavailable) and not self.failsafe.read_only:
                 log.error("data lost beyond tolerance (%s): the filesystem is now read-only",
                           exc)
-                self.read_only = True
+                self.failsafe.read_only = True
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
             log.exception("%s(%s) failed", method.__name__, _short(args))
@@ -68,18 +66,27 @@ def _short(args) -> str:
                      else repr(a) for a in args)
 
 
+class Failsafe:
+    """Whether the filesystem refuses every change: mounted so, or turned so by the first
+    request that found data lost beyond a set's tolerance. Made before the ``Operations``
+    that sets it and the ``Control`` that reports it, which both hold it."""
+
+    def __init__(self, read_only: bool = False):
+        self.read_only = read_only
+
+
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
     def __init__(self, metadata: Metadata, data: FileData, journal: Journal, control, *,
-                 read_only: bool = False, snapshots=None):
+                 failsafe: Failsafe | None = None, snapshots=None):
         super().__init__()
         self.metadata = metadata
         self.data = data
         self.journal = journal
         self.control = control  # answers user.resilfs.* (resilfs.fs.control.Control)
-        self.read_only = read_only
+        self.failsafe = failsafe or Failsafe()
         self.snapshots = snapshots  # resilfs.fs.snapshots.Snapshots: .snapshots is read-only
         self._handles: dict[int, int] = {}  # file handle -> inode
         self._next_fh = 1
@@ -105,11 +112,12 @@ class Operations(pyfuse3.Operations):
         return self._attrs(node)
 
     def _writable(self, ino: int | None = None, name: bytes | None = None) -> None:
-        """EROFS if the filesystem is read-only, or ``ino`` (entry ``name`` in it) is part
-        of the read-only snapshot view."""
-        if self.read_only or (ino is not None and self.snapshots is not None
-                              and self.snapshots.frozen(ino, name)):
-            raise pyfuse3.FUSEError(errno.EROFS)
+        """ReadOnly (EROFS) if the filesystem is read-only, or ``ino`` (entry ``name`` in it)
+        is part of the read-only snapshot view."""
+        if self.failsafe.read_only:
+            raise ReadOnly("the filesystem is read-only")
+        if ino is not None and self.snapshots is not None and self.snapshots.frozen(ino, name):
+            raise ReadOnly("snapshots are read-only")
 
     def _open_handle(self, ino: int) -> int:
         fh = self._next_fh
@@ -117,13 +125,6 @@ class Operations(pyfuse3.Operations):
         self._handles[fh] = ino
         self.metadata.opened(ino)
         return fh
-
-    async def invalidate(self, ino: int, attr_only: bool = False) -> None:
-        """Drop the kernel's cached attributes (and pages) of ``ino`` after an outside change."""
-        try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
-        except OSError as exc:
-            log.warning("could not invalidate inode %d: %s", ino, exc)
 
     # -- names -----------------------------------------------------------------------
     @_handler

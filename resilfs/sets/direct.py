@@ -22,7 +22,7 @@ is done with it when ``copy_parallel`` returns, so no view is written after a st
 """
 from typing import TYPE_CHECKING
 
-from ..codec.kernels import copy_parallel
+from ..copy import copy_parallel
 from ..transport.base import RegionHandle, TransportError
 from ..transport.shm import ShmClient, checkpoint
 from .membership import FAILED, OK

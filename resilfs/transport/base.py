@@ -14,55 +14,33 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import ResilfsError
+from ..protocol import (
+    ApplianceError,
+    AuthenticationFailed,
+    ForwardFailed,
+    NoSpace,
+    NoSuchRegion,
+    OutOfBounds,
+    ProtocolViolation,
+    RecordConflict,
+    TransportError,
+    Unsupported,
+    WrongRegionKey,
+)
+
+# the refusals are the protocol's (both sides of the wire use them); clients import them here
+__all__ = [
+    "DEFAULT_TIMEOUT", "ApplianceClient", "ApplianceError", "ApplianceStat",
+    "ApplianceUnavailable", "AuthenticationFailed", "ForwardFailed", "ForwardTarget", "NoSpace",
+    "NoSuchRegion", "OutOfBounds", "ProtocolViolation", "RecordConflict", "RegionHandle",
+    "RegionInfo", "TransportError", "Unsupported", "WrongRegionKey",
+]
 
 DEFAULT_TIMEOUT = 1.0  # seconds before an unanswered request marks the appliance unavailable
 
 
-class TransportError(ResilfsError):
-    """Base class of everything the transport layer raises."""
-
-
 class ApplianceUnavailable(TransportError):
     """The appliance cannot be reached, died, or did not answer in time."""
-
-
-class ApplianceError(TransportError):
-    """The appliance refused an operation; ``code`` is the protocol's error code."""
-
-    code = 0
-
-
-class AuthenticationFailed(ApplianceError):
-    """The cluster secret did not match (either side)."""
-
-
-class NoSuchRegion(ApplianceError):
-    """The region does not exist (never allocated, or freed)."""
-
-
-class WrongRegionKey(ApplianceError):
-    """The region key presented does not match the region's key."""
-
-
-class OutOfBounds(ApplianceError):
-    """The byte range is outside the region."""
-
-
-class NoSpace(ApplianceError):
-    """The appliance cannot allocate that much: its capacity would be exceeded."""
-
-
-class ProtocolViolation(ApplianceError):
-    """A malformed, oversized or unknown frame."""
-
-
-class RecordConflict(ApplianceError):
-    """A record compare-and-set found a different generation than expected."""
-
-
-class ForwardFailed(ApplianceError):
-    """A forwarded write reached its own region but not every target (the message names them)."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ import trio
 
 from ..protocol import REGION_REF, Op, Reader, Writer, split_address
 from .base import ApplianceUnavailable, NoSuchRegion, OutOfBounds, RegionHandle
-from .stream import _byte_view, _check_range, finite_timeout
+from .ranges import byte_view, check_range
+from .sockets import finite_timeout
 from .tcp import TcpClient
 
 log = logging.getLogger(__name__)
@@ -262,28 +263,28 @@ class RdmaClient(TcpClient):
                                          len(piece))
 
     async def read_into(self, region: RegionHandle, offset: int, buffer) -> None:
-        view = _byte_view(buffer, writable=True)
-        _check_range(region, offset, len(view))
+        view = byte_view(buffer, writable=True)
+        check_range(region, offset, len(view))
         await self._copy(region, offset, view, reading=True)
 
     async def write(self, region: RegionHandle, offset: int, data) -> None:
-        view = _byte_view(data)
-        _check_range(region, offset, len(view))
+        view = byte_view(data)
+        check_range(region, offset, len(view))
         await self._copy(region, offset, view, reading=False)
 
     async def readv(self, ranges) -> None:
-        checked = [(region, offset, _byte_view(buffer, writable=True))
+        checked = [(region, offset, byte_view(buffer, writable=True))
                    for region, offset, buffer in ranges]
         for region, offset, view in checked:
-            _check_range(region, offset, len(view))
+            check_range(region, offset, len(view))
             await self._remote(region)
         for region, offset, view in checked:
             await self._copy(region, offset, view, reading=True)
 
     async def writev(self, ranges) -> None:
-        checked = [(region, offset, _byte_view(buffer)) for region, offset, buffer in ranges]
+        checked = [(region, offset, byte_view(buffer)) for region, offset, buffer in ranges]
         for region, offset, view in checked:  # all or error: every range first
-            _check_range(region, offset, len(view))
+            check_range(region, offset, len(view))
             if offset + len(view) > (await self._remote(region))[2]:
                 raise OutOfBounds(f"range {offset}+{len(view)} is outside region "
                                   f"{region.region_id}")

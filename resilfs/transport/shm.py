@@ -16,7 +16,7 @@ refused with NoSuchRegion from then on. A write that races with another client's
 concurrent free may land in the freed memory, which nobody can read any more (each region
 has its own memfd, never reused); a read that races with it raises NoSuchRegion.
 
-Direct access (shm only): ``view(region, offset, length)`` returns a memoryview of the
+Mapped views (shm only): ``view(region, offset, length)`` returns a memoryview of the
 region's bytes in this process's mapping, after the same key and status-table checks, so a
 caller (the resiliency sets) can encode into, decode from, or copy between regions without
 an intermediate buffer; ``check_live(region)`` repeats the free check after reading through
@@ -47,10 +47,12 @@ from collections.abc import Sequence
 
 import trio
 
-from ..codec.kernels import copy_into
+from ..copy import copy_into
 from ..protocol import REGION_REF, U64, Op, shm_socket_name, split_address
 from .base import NoSpace, NoSuchRegion, RegionHandle
-from .stream import StreamClient, _byte_view, _check_range, finite_timeout, open_socket
+from .ranges import byte_view, check_range
+from .sockets import finite_timeout, open_socket
+from .stream import StreamClient
 
 MAX_MAPPINGS = 1024  # regions kept mapped at once (least recently used are unmapped)
 YIELD_EVERY = 0.001  # seconds of back-to-back copies before yielding to other trio tasks
@@ -177,15 +179,15 @@ class ShmClient(StreamClient):
         self._drop((region.region_id, region.key))
 
     async def read_into(self, region: RegionHandle, offset: int, buffer) -> None:
-        view = _byte_view(buffer, writable=True)
-        _check_range(region, offset, len(view))
+        view = byte_view(buffer, writable=True)
+        check_range(region, offset, len(view))
         mapping = await self._mapping(region)
         _copy(view, mapping.view[offset:offset + len(view)])
         self._check_live((region.region_id, region.key), mapping)
 
     async def write(self, region: RegionHandle, offset: int, data) -> None:
-        view = _byte_view(data)
-        _check_range(region, offset, len(view))
+        view = byte_view(data)
+        check_range(region, offset, len(view))
         mapping = await self._mapping(region)
         _copy(mapping.view[offset:offset + len(view)], view)
 
@@ -198,7 +200,7 @@ class ShmClient(StreamClient):
         the view are only trustworthy if ``check_live(region)`` passes afterwards. Cancelled:
         nothing happened (the region may stay mapped).
         """
-        _check_range(region, offset, length)
+        check_range(region, offset, length)
         mapping = await self._mapping(region)
         view = mapping.view[offset:offset + length]
         return view if writable else view.toreadonly()
@@ -212,7 +214,7 @@ class ShmClient(StreamClient):
         mapping = self._mappings.get(ref)
         if mapping is None:
             return None
-        _check_range(region, offset, length)
+        check_range(region, offset, length)
         self._poll_closed()
         self._check_live(ref, mapping)
         self._mappings.move_to_end(ref)
@@ -239,8 +241,8 @@ class ShmClient(StreamClient):
         """Map every range's region; on return (no await since) every mapping is live."""
         checked = []
         for region, offset, buffer in ranges:
-            view = _byte_view(buffer, writable)
-            _check_range(region, offset, len(view))
+            view = byte_view(buffer, writable)
+            check_range(region, offset, len(view))
             checked.append(((region.region_id, region.key), region, offset, view))
         if len({ref for ref, *_ in checked}) > MAX_MAPPINGS // 2:
             raise ValueError(f"a vectored operation may touch at most {MAX_MAPPINGS // 2} "

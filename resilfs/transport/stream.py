@@ -20,7 +20,6 @@ another call) returns once it is in the socket, so frames are never cut short an
 caller's buffer is never sent after its call ended.
 """
 import logging
-import math
 import os
 import socket
 import time
@@ -55,7 +54,7 @@ from ..protocol import (
     pack_targets,
     unpack_extents,
 )
-from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
+from ..protocol_io import ConnectionClosed, FrameReader, close_socket, send_buffers
 from .base import (
     ApplianceClient,
     ApplianceError,
@@ -63,11 +62,11 @@ from .base import (
     ApplianceUnavailable,
     AuthenticationFailed,
     ForwardTarget,
-    OutOfBounds,
     ProtocolViolation,
     RegionHandle,
     RegionInfo,
 )
+from .ranges import byte_view, check_range
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +88,6 @@ class _Pending:
         self.start = start  # time.perf_counter() when the call began
         self.fd = None
         self.waiting = False  # parked on ``event`` (not sending, not reading)
-
-
-def _byte_view(buffer, writable: bool = False) -> memoryview:
-    view = memoryview(buffer)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    if writable and view.readonly:
-        raise TypeError("read buffer must be writable")
-    return view
-
-
-def _check_range(region: RegionHandle, offset: int, length: int) -> None:
-    if offset < 0 or offset + length > region.size:
-        raise OutOfBounds(f"range {offset}+{length} is outside region {region.region_id} "
-                          f"of {region.size} bytes")
 
 
 def _batches(ranges, length_of):
@@ -464,8 +448,8 @@ class StreamClient(ApplianceClient):
 
     # -- data ----------------------------------------------------------------------
     async def read_into(self, region: RegionHandle, offset: int, buffer) -> None:
-        view = _byte_view(buffer, writable=True)
-        _check_range(region, offset, len(view))
+        view = byte_view(buffer, writable=True)
+        check_range(region, offset, len(view))
         for start in range(0, max(len(view), 1), MAX_DATA):
             piece = view[start:start + MAX_DATA]
             await self._call(Op.READ, [RANGE.pack(region.region_id, region.key,
@@ -473,8 +457,8 @@ class StreamClient(ApplianceClient):
                              dest=[piece], dest_len=len(piece))
 
     async def write(self, region: RegionHandle, offset: int, data) -> None:
-        view = _byte_view(data)
-        _check_range(region, offset, len(view))
+        view = byte_view(data)
+        check_range(region, offset, len(view))
         for start in range(0, max(len(view), 1), MAX_DATA):
             piece = view[start:start + MAX_DATA]
             await self._call(Op.WRITE, [DATA_PREFIX.pack(region.region_id, region.key,
@@ -484,8 +468,8 @@ class StreamClient(ApplianceClient):
     def _vector(ranges, writable: bool):
         out = []
         for region, offset, buffer in ranges:
-            view = _byte_view(buffer, writable)
-            _check_range(region, offset, len(view))
+            view = byte_view(buffer, writable)
+            check_range(region, offset, len(view))
             if len(view) > MAX_DATA:
                 for start in range(0, len(view), MAX_DATA):
                     out.append((region, offset + start, view[start:start + MAX_DATA]))
@@ -514,12 +498,12 @@ class StreamClient(ApplianceClient):
     # -- forwarded writes ------------------------------------------------------------
     async def forward_write(self, region: RegionHandle, offset: int, data,
                             targets: Sequence[ForwardTarget]) -> None:
-        view = _byte_view(data)
-        _check_range(region, offset, len(view))
+        view = byte_view(data)
+        check_range(region, offset, len(view))
         for target in targets:
             if not 0 <= target.coefficient <= 255:
                 raise ValueError(f"coefficient {target.coefficient} is not in GF(2^8)")
-            _check_range(target.region, offset, len(view))
+            check_range(target.region, offset, len(view))
         described = pack_targets(targets)
         for start in range(0, max(len(view), 1), MAX_DATA):
             piece = view[start:start + MAX_DATA]
@@ -528,8 +512,8 @@ class StreamClient(ApplianceClient):
 
     async def apply_delta(self, region: RegionHandle, offset: int, delta,
                           coefficient: int) -> None:
-        view = _byte_view(delta)
-        _check_range(region, offset, len(view))
+        view = byte_view(delta)
+        check_range(region, offset, len(view))
         if not 0 <= coefficient <= 255:
             raise ValueError(f"coefficient {coefficient} is not in GF(2^8)")
         for start in range(0, max(len(view), 1), MAX_DATA):
@@ -574,28 +558,3 @@ class StreamClient(ApplianceClient):
                              set_id: str) -> list[tuple[int, list[tuple[int, int]]]]:
         r = await self._control(Op.INTENT_PENDING, Writer().str(owner).str(set_id).build())
         return [(r.u64(), unpack_extents(r)) for _ in range(r.u32())]
-
-
-async def open_socket(family: int, address, timeout: float, what: str):
-    """A connected non-blocking socket, or ApplianceUnavailable within ``timeout`` seconds."""
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        with trio.fail_after(timeout):
-            await sock.connect(address)
-    except trio.TooSlowError:
-        sock.close()
-        raise ApplianceUnavailable(f"cannot connect to appliance {what}: no answer within "
-                                   f"{timeout} s") from None
-    except OSError as e:
-        sock.close()
-        raise ApplianceUnavailable(f"cannot connect to appliance {what}: "
-                                   f"{e.strerror or e}") from None
-    if family != socket.AF_UNIX:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return nonblocking(sock)
-
-
-def finite_timeout(timeout: float) -> float:
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    return timeout

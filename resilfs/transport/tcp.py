@@ -2,7 +2,8 @@
 import socket
 
 from ..protocol import split_address
-from .stream import StreamClient, finite_timeout, open_socket
+from .sockets import finite_timeout, open_socket
+from .stream import StreamClient
 
 
 class TcpClient(StreamClient):

@@ -20,13 +20,22 @@ from tests import appliances
 launcher, appliance = appliances.launcher, appliances.appliance  # fixtures
 
 MiB = 1 << 20
+HANG_GUARD = 120  # seconds: ends a test that would otherwise hang; never a speed check
 
 
 async def test_sigkill_mid_operation_fails_fast(launcher, appliance):
-    client = await connect(appliance.address, secret=launcher.secret)
+    """Calls in flight when the appliance is killed fail with ApplianceUnavailable because the
+    connection closed, not by timing out; later calls fail before sending anything.
+
+    The client's timeout is an hour, so a slow machine (where a 1 MiB round trip may take
+    longer than the default second) is never mistaken for a dead appliance, and only the
+    closed connection can end the calls: waiting for a timeout would hang the test until
+    the guard below fails it. No step is timed.
+    """
+    client = await connect(appliance.address, secret=launcher.secret, timeout=3600)
     region = await client.alloc(8 * MiB, "fault")
     data = os.urandom(MiB)
-    failures = []
+    failures: list[str] = []
     running = trio.Event()
 
     async def hammer(i):
@@ -36,21 +45,22 @@ async def test_sigkill_mid_operation_fails_fast(launcher, appliance):
                 await client.write(region, i * MiB, data)
                 await client.read_into(region, i * MiB, buffer)
                 running.set()
-        except ApplianceUnavailable:
-            failures.append(trio.current_time())
+        except ApplianceUnavailable as e:
+            failures.append(str(e))
 
-    with trio.fail_after(10):
+    with trio.fail_after(HANG_GUARD):
         async with trio.open_nursery() as nursery:
             for i in range(4):
                 nursery.start_soon(hammer, i)
             await running.wait()
-            killed_at = trio.current_time()
             os.kill(appliance.pid, signal.SIGKILL)
     assert len(failures) == 4
-    assert max(failures) - killed_at <= 1.0
-    with trio.fail_after(0.1):  # a dead connection fails every call at once
+    assert not [f for f in failures if "no answer" in f], failures
+    with trio.CancelScope() as scope:  # a dead connection fails a call before it waits
+        scope.cancel()
         with pytest.raises(ApplianceUnavailable):
             await client.stat()
+    assert not scope.cancelled_caught
     launcher.kill(appliance)  # reap
 
 
@@ -59,11 +69,9 @@ async def test_hung_appliance_times_out(launcher, appliance):
     region = await client.alloc(4096, "fault")
     os.kill(appliance.pid, signal.SIGSTOP)
     try:
-        start = trio.current_time()
-        with trio.fail_after(5):
+        with trio.fail_after(HANG_GUARD):  # the client's timeout, not the guard, ends it
             with pytest.raises(ApplianceUnavailable, match="no answer"):
                 await client.read(region, 0, 10)
-        assert trio.current_time() - start <= 1.0
         with pytest.raises(ApplianceUnavailable):
             await client.write(region, 0, b"x")
         with pytest.raises(ApplianceUnavailable):
@@ -271,7 +279,9 @@ async def test_source_freed_during_clone_leaks_nothing(launcher):
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(clone)
-        await trio.sleep(0.001)
+        with trio.fail_after(HANG_GUARD):  # the clone has begun: its copy is allocated
+            while (await freer.stat()).used < 2 * 256 * MiB:
+                await trio.sleep(0.001)
         await freer.free(region)
     for copy in copies:  # the clone finished first: the copy is a region of its own
         await cloner.free(copy)

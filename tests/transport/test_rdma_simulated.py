@@ -16,8 +16,9 @@ import types
 import pytest
 import trio
 
+from resilfs.appliance.intent_log import IntentLog
 from resilfs.appliance.metrics import Metrics
-from resilfs.appliance.records import IntentLog, RecordStore
+from resilfs.appliance.record_store import RecordStore
 from resilfs.appliance.server import Appliance
 from resilfs.appliance.store import RegionStore
 from resilfs.transport import rdma

@@ -1,4 +1,4 @@
-"""resilfs._copy and its pure-Python twin (resilfs.codec.kernels) agree byte for byte:
+"""resilfs._copy and its pure-Python twin (resilfs.copy) agree byte for byte:
 copies and matrix products, on this thread or shared with the helper, errors included."""
 import functools
 import itertools
@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilfs.codec import available_backends, kernels, make_codec, twin
+from resilfs import copy
+from resilfs.codec import available_backends, make_codec, twin
 
 _copy = pytest.importorskip("resilfs._copy")
 _isal = pytest.importorskip("resilfs._isal")
@@ -32,7 +33,7 @@ def test_copy_parallel_matches_twin(seed, pairs, products, size, piece, helper):
     inputs = [blobs(rng, k, size) for k, _ in shapes]
     outs = {}
     for name, impl, tables in (("ext", _copy.copy_parallel, _isal.Tables),
-                               ("twin", kernels._copy_parallel, twin.Tables)):
+                               ("twin", copy._copy_parallel, twin.Tables)):
         dsts = [bytearray(size) for _ in sources]
         outputs = [[bytearray(size) for _ in range(rows)] for _, rows in shapes]
         calls: list[int] = []
@@ -58,7 +59,7 @@ def test_products_without_a_lane_kernel_run_on_this_thread():
     assert ext_out == twin_out
 
 
-@pytest.mark.parametrize("impl", [_copy.copy_parallel, kernels._copy_parallel])
+@pytest.mark.parametrize("impl", [_copy.copy_parallel, copy._copy_parallel])
 def test_copy_parallel_refuses_bad_input(impl):
     tables = (_isal if impl is _copy.copy_parallel else twin).Tables(2, 1, b"\x01\x02")
     out = bytearray(b"keep")
@@ -94,7 +95,7 @@ def test_the_helper_runs_pieces_and_is_counted():
         _copy.copy_parallel([], products=[(tables, data, out)], min_parallel=0,
                             adaptive=False)
     after = _copy.lane_statistics()
-    assert after.keys() == kernels._lane_statistics().keys()
+    assert after.keys() == copy._lane_statistics().keys()
     assert after["posted"] >= before["posted"] and after["helped"] >= before["helped"]
     assert after["helped"] - before["helped"] <= after["posted"] - before["posted"]
     expected = [bytearray(4 << 20)]

@@ -11,6 +11,7 @@ import tempfile
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -292,4 +293,4 @@ def test_worker_commits_and_compacts(tmp_path):
         names = os.listdir(str(tmp_path))
         assert any(n.startswith("checkpoint-") for n in names), names
         assert (await reload(str(tmp_path))).state.snapshot() == md.state.snapshot()
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))  # virtual intervals

@@ -37,7 +37,7 @@ def test_membership_record_round_trip():
         Membership.from_bytes(b'{"format": 1}')
 
 
-async def test_stripe_locks_serialize_same_stripe_only():
+async def test_stripe_locks_serialize_same_stripe_only(autojump_clock):
     locks = StripeLocks()
     order = []
 
@@ -56,7 +56,7 @@ async def test_stripe_locks_serialize_same_stripe_only():
     assert not any(locks.locked(s) for s in range(6))
 
 
-async def test_cancelled_lock_acquire_holds_nothing():
+async def test_cancelled_lock_acquire_holds_nothing(autojump_clock):
     locks = StripeLocks()
     await locks.acquire(range(3, 4))
     with trio.move_on_after(0.01):
@@ -65,7 +65,7 @@ async def test_cancelled_lock_acquire_holds_nothing():
     locks.release([3])
 
 
-async def test_intents_open_once_per_granule_and_end_in_batches():
+async def test_intents_open_once_per_granule_and_end_in_batches(autojump_clock):
     begun, ended = [], []
 
     async def begin(intent_id, extents):

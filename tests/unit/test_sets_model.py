@@ -11,7 +11,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resilfs.appliance.forward import fold
+from resilfs.appliance.peers import fold
 from resilfs.scheme import Scheme
 from resilfs.sets import AppliancePool, ResiliencySet, SetUnavailable
 from resilfs.sets.membership import FAILED

@@ -1,4 +1,5 @@
-"""Forwarded writes, the appliance side (claims 6-8): apply a change to peer regions.
+"""The appliance side of forwarded writes (claims 6-8): fold a change into a region, and the
+connections to peer appliances that carry it to their regions.
 
 ``fold`` applies new data or a delta to a region's bytes. ``Forwarder`` keeps one
 authenticated client connection per peer appliance and sends APPLY_DELTA to every target of
