@@ -358,8 +358,9 @@ class Harness:
 
     def adopt_files(self) -> None:
         """After a failed check (the soak goes on): the fault ends, the filesystem is
-        mounted again, and the files as they are become the model (files that cannot be
-        read are removed, with an error counted each)."""
+        mounted again, a scrub repairs what it finds (so that later checks count only new
+        damage), and the files as they are become the model (files that cannot be read
+        are removed, with an error counted each)."""
         kind, index = self.fault or (None, 0)
         if kind in ("kill", "term"):
             self.launcher.restart(self.apps[index])
@@ -374,6 +375,8 @@ class Harness:
         if os.path.ismount(self.mountpoint):
             self._unmount(lazy=True)
         self.mount()
+        self.wait_healthy()
+        self.scrub(repair=True)
         self.files = {}
         for name in sorted(set(os.listdir(self.mountpoint)) - {".snapshots"}):
             try:
@@ -490,9 +493,9 @@ class Harness:
         self.mount()
         self.check(after_crash=True)
 
-    def scrub(self) -> dict:
-        """``resilfs scrub``: start a check of every set and wait for its report."""
-        os.setxattr(self.mountpoint, "user.resilfs.scrub", b"check")
+    def scrub(self, repair: bool = False) -> dict:
+        """``resilfs scrub [--repair]``: start a scrub of every set, wait for its report."""
+        os.setxattr(self.mountpoint, "user.resilfs.scrub", b"repair" if repair else b"check")
         deadline = time.monotonic() + HEALTHY_TIMEOUT
         while not (scrub := self.status()["scrub"])["finished"]:
             if time.monotonic() > deadline:
