@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "down": "down",
     "status": "status",
     "scrub": "scrub",
+    "fsck": "fsck",
     "snapshot": "snapshot",
 }
 

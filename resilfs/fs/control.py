@@ -5,6 +5,8 @@ Any inode of the mount answers them (the CLI uses the mount point):
 * ``getxattr user.resilfs.status``: JSON: appliances, capacity, sets with their health and
   rebuild progress, the last or running scrub, whether the filesystem is read-only, and
   the write-behind cache (bytes cached and dirty, blocks whose writes were lost).
+* ``getxattr user.resilfs.fsck``: JSON: the live metadata and the set records checked by
+  ``resilfs.fs.fsck`` (read-only; the namespace part between two requests).
 * ``setxattr user.resilfs.scrub check|repair``: start a scrub of every set in the
   background (EBUSY while one runs), after flushing the write-behind cache; progress and
   result appear in the status.
@@ -25,6 +27,7 @@ from ..transport.base import TransportError
 from .backing import SetBacking
 from .data import FileData
 from .errors import FsError, refuse
+from .fsck import Report, check_sets, check_state, known_sets
 from .journal import Journal
 from .metadata import Metadata
 
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STATUS = b"user.resilfs.status"
 SCRUB = b"user.resilfs.scrub"
+FSCK = b"user.resilfs.fsck"
 
 
 class Control:
@@ -52,6 +56,8 @@ class Control:
     async def get(self, name: bytes) -> bytes:
         if name == STATUS:
             return json.dumps(await self.status(), sort_keys=True).encode()
+        if name == FSCK:
+            return json.dumps((await self.fsck()).to_json()).encode()
         raise refuse(errno.EINVAL, f"unknown control attribute {name!r}")
 
     async def set(self, name: bytes, value: bytes) -> None:
@@ -102,6 +108,14 @@ class Control:
                 "format_version": self.journal.store.format_version,
                 "appliances": appliances, "sets": sets, "scrub": self.scrub,
                 "cache": self.cache.statistics() if self.cache is not None else None}
+
+    async def fsck(self) -> Report:
+        """Check the live metadata (no await in that part) and then the set records."""
+        state = self.metadata.state
+        report = check_state(state, live=True)
+        report.extend(await check_sets(self.backing.pool, self.name, known_sets(state),
+                                       state.format.scheme, live=True))
+        return report
 
     # -- background work -----------------------------------------------------------------
     async def run(self) -> None:

@@ -1,0 +1,156 @@
+"""Appliances each in a private network namespace behind a veth pair, so that one can be cut
+off the network (a partition) and joined again: for the fault schedule over tcp.
+
+Appliance ``i`` of this process runs in namespace ``rfs<pid>-<i>`` and listens on the
+namespace's end of a veth pair, ``10.231.X.Y+2:7400``; the host end is ``+1`` (a /30 per
+appliance, derived from the PID). ``cut(app)`` takes the namespace's end down: packets in
+both directions are dropped silently, as on a cut cable (connections hang, then time
+out); ``heal(app)`` brings it back. Only these namespaces are touched; ``close()`` stops
+every appliance by PID and deletes its namespace and veth. Needs root and ``ip``.
+
+The same interface as ``ApplianceLauncher`` for what the fault schedule uses: ``start``,
+``kill``, ``stop``, ``restart``, ``close``, ``secret``, ``secret_file``; appliances with
+``address``, ``pid``, ``running``.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from resilfs.auth import write_secret
+from resilfs.protocol import HEADER_SIZE
+
+PORT = 7400
+START_TIMEOUT = 10.0
+
+
+def available() -> bool:
+    """Whether network namespaces can be made here (root and ``ip``)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        return subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@dataclass
+class NetnsAppliance:
+    index: int
+    netns: str
+    host_if: str
+    ns_if: str
+    host_ip: str
+    ns_ip: str
+    args: list
+    log_path: str
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.ns_ip}:{PORT}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class NetnsAppliances:
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.secret_file = os.path.join(workdir, "secret")
+        self.secret = write_secret(self.secret_file)
+        self.appliances: list[NetnsAppliance] = []
+
+    def start(self, count: int, *, capacity: str, persist: bool = True) -> list:
+        for _ in range(count):
+            i = len(self.appliances)
+            j = ((os.getpid() % 2000) * 8 + i) * 4
+            net = f"10.231.{j // 256}.{j % 256}"
+            base = net.rsplit(".", 1)[0]
+            app = NetnsAppliance(
+                i, f"rfs{os.getpid()}-{i}", f"rfh{os.getpid() % 100000}x{i}",
+                f"rfn{os.getpid() % 100000}x{i}", f"{base}.{j % 256 + 1}",
+                f"{base}.{j % 256 + 2}",
+                ["--capacity", capacity, "--secret-file", self.secret_file,
+                 *(["--persist-dir", os.path.join(self.workdir, f"appliance-{i}")]
+                   if persist else [])],
+                os.path.join(self.workdir, f"appliance-{i}.log"))
+            self.appliances.append(app)
+            _ip("netns", "add", app.netns)
+            _ip("link", "add", app.host_if, "type", "veth", "peer", "name", app.ns_if,
+                "netns", app.netns)
+            _ip("addr", "add", f"{app.host_ip}/30", "dev", app.host_if)
+            _ip("link", "set", app.host_if, "up")
+            _ip("-n", app.netns, "addr", "add", f"{app.ns_ip}/30", "dev", app.ns_if)
+            _ip("-n", app.netns, "link", "set", app.ns_if, "up")
+            _ip("-n", app.netns, "link", "set", "lo", "up")
+            self._spawn(app)
+        return list(self.appliances)
+
+    def _spawn(self, app: NetnsAppliance) -> None:
+        with open(app.log_path, "ab") as log:
+            app.process = subprocess.Popen(
+                ["ip", "netns", "exec", app.netns, sys.executable, "-m", "resilfs",
+                 "appliance", "--listen", app.address, *app.args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if not app.running:
+                raise RuntimeError(f"appliance {app.index} in {app.netns} exited with "
+                                   f"{app.process.returncode}")
+            try:
+                with socket.create_connection((app.ns_ip, PORT), timeout=1.0) as s:
+                    if len(s.recv(HEADER_SIZE, socket.MSG_WAITALL)) == HEADER_SIZE:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"appliance {app.index} in {app.netns} did not start")
+            time.sleep(0.05)
+
+    def kill(self, app: NetnsAppliance) -> None:
+        if app.running:
+            app.process.kill()
+        app.process.wait()
+
+    def stop(self, app: NetnsAppliance, timeout: float = 10.0) -> None:
+        if app.running:
+            app.process.send_signal(signal.SIGTERM)
+            try:
+                app.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                app.process.kill()
+        app.process.wait()
+
+    def restart(self, app: NetnsAppliance) -> None:
+        self.stop(app)
+        self._spawn(app)
+
+    def cut(self, app: NetnsAppliance) -> None:
+        _ip("-n", app.netns, "link", "set", app.ns_if, "down")
+
+    def heal(self, app: NetnsAppliance) -> None:
+        _ip("-n", app.netns, "link", "set", app.ns_if, "up")
+
+    def close(self) -> None:
+        for app in self.appliances:
+            if app.process is not None:
+                if app.running:
+                    os.kill(app.pid, signal.SIGCONT)
+                self.stop(app)
+            subprocess.run(["ip", "link", "del", app.host_if], capture_output=True)
+            subprocess.run(["ip", "netns", "del", app.netns], capture_output=True)
+        self.appliances = []
