@@ -324,6 +324,84 @@ def test_a_full_block_is_one_write_and_long_writes_go_through():
     run(main)
 
 
+class CountingSets(SlowSets):
+    """SlowSets that records every read and write as (set, offset, length)."""
+
+    def __init__(self):
+        super().__init__()
+        self.read_log: list[tuple[int, int, int]] = []
+        self.write_log: list[tuple[int, int, int]] = []
+
+    async def read_into(self, set_id, offset, buffer):
+        self.read_log.append((set_id, offset, len(buffer)))
+        await super().read_into(set_id, offset, buffer)
+
+    async def write(self, set_id, offset, data):
+        self.write_log.append((set_id, offset, len(data)))
+        await super().write(set_id, offset, data)
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_an_evicted_block_with_one_small_dirty_range_writes_only_that_range(whole):
+    """One small dirty range (a 4 KiB write in a 256 KiB block, scaled) is flushed as that
+    range alone (a partial-stripe update in the sets) and nothing of the block is read:
+    also when the cache holds the whole block (here after a merging flush), which wrote
+    the whole block before."""
+    async def main():
+        inner = CountingSets()
+        cache = make_cache(inner, limit=64 * BLOCK)
+        if whole:
+            for at in (0, 20, 40, 60):  # four ranges: merged (read, written whole)
+                await cache.write_behind([(1, at, b"m" * 2)])
+            await cache.flush()
+            assert inner.read_log == [(1, 0, BLOCK)]
+            inner.read_log.clear()
+            inner.write_log.clear()
+        await cache.write_behind([(1, 24, b"w" * 4)])
+        await cache.flush()
+        assert inner.write_log == [(1, 24, 4)]
+        assert inner.read_log == []
+        assert inner.sets[1][24:28] == b"wwww"
+        if whole:
+            expected = bytearray(BLOCK)
+            for at in (0, 20, 40, 60):
+                expected[at:at + 2] = b"mm"
+            expected[24:28] = b"wwww"
+            assert inner.sets[1][:BLOCK] == expected
+    run(main)
+
+
+def test_the_flusher_does_not_wait_for_a_slow_flush_to_start_the_next():
+    """Evictions are concurrent and pipelined: while one block's write hangs, the flusher
+    goes on flushing every other due block (it does not wait for a batch to end)."""
+    async def main():
+        inner = CountingSets()
+        gate = trio.Event()
+        original = inner.write
+
+        async def write(set_id, offset, data):
+            if (set_id, offset // BLOCK) == (1, 0):
+                await gate.wait()
+            await original(set_id, offset, data)
+
+        inner.write = write
+        cache = make_cache(inner, limit=64 * BLOCK)
+        keys = [(s, i) for s in SETS for i in range(SET_SIZE // BLOCK)]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cache.run)
+            for s, i in keys:
+                await cache.write_behind([(s, i * BLOCK + 1, bytes([i + s]) * 3)])
+            await trio.sleep(10 * cache.age)
+            for s, i in keys[1:]:
+                assert inner.sets[s][i * BLOCK + 1:i * BLOCK + 4] == bytes([i + s]) * 3, (s, i)
+            assert inner.sets[1][1:4] == bytes(3)  # still hanging
+            gate.set()
+            await cache.flush()
+            assert inner.sets[1][1:4] == bytes([1]) * 3
+            nursery.cancel_scope.cancel()
+    run(main)
+
+
 def test_writes_off_block_boundaries_reach_the_set_as_whole_blocks():
     """A long write's whole blocks go through; its ends wait in the cache and, completed by
     the neighbouring writes (as the kernel's writeback sends them), are flushed as whole
