@@ -19,18 +19,13 @@ starts and their bytes copied when it ends: a block leaves the cache only after 
 are on the set, so a read never returns bytes older than a write that completed before it
 started.
 
-Flushing a block costs what it changed: a block with a few small dirty ranges writes those
-ranges, concurrently (partial-stripe updates: the sets update parity from the change and
-read only the touched bytes), and reads nothing of the block. Otherwise, if the cache holds
-all of the block's bytes: one write of the whole block (full stripes, encoded); if not, the
-block is read from the set, the cached bytes laid over it and the whole block written; the
-cache then holds all of it, so its next flush reads nothing. Which one is cheaper follows
-the measured costs of each (``RANGE_COST``; docs/filesystem.md, "Write path: measured
-costs"). The flusher (``run``, in the mount's nursery) flushes blocks that have been dirty
-for ``age`` seconds, and the oldest ones whenever dirty blocks take more than half of
-``limit`` bytes, keeping up to FLUSH_PARALLEL block flushes in flight (a new one starts as
-soon as one ends, not once a whole batch ended); writers wait (``write_behind`` returns
-later) while the cache holds more than ``limit`` bytes and no clean block can be dropped. Clean blocks stay
+Flushing a block. If the cache holds all of its bytes: one write of the whole block. If
+only a few ranges are dirty: those ranges. Otherwise the block is read from the set, the
+cached bytes laid over it and the whole block written; the cache then holds all of it, so
+its next flush reads nothing. The flusher (``run``, in the mount's nursery) flushes blocks
+that have been dirty for ``age`` seconds, and the oldest ones whenever dirty blocks take
+more than half of ``limit`` bytes; writers wait (``write_behind`` returns later) while the
+cache holds more than ``limit`` bytes and no clean block can be dropped. Clean blocks stay
 for merges and reads until memory is needed or ``CLEAN_KEEP`` seconds passed. ``flush``
 writes a file's ranges or everything at once (fsync, fsyncdir, scrub, journal commits for
 the blocks their MAP records map, unmount: ``aclose`` flushes before it closes the sets).
@@ -73,15 +68,9 @@ DEFAULT_LIMIT = 128 << 20  # bytes of cached blocks (mount option --cache-size)
 DEFAULT_AGE = 0.5  # seconds a block stays dirty before the flusher writes it
 CLEAN_KEEP = 5.0  # seconds a clean block stays cached for reads and merges
 MIN_BLOCK = 64 << 10  # mirror sets (a page is their stripe) use blocks of at least this
-FLUSH_PARALLEL = 8  # block flushes the flusher keeps in flight
-# The cost of flushing a block, in units of one dirty range written as a partial-stripe
-# update (measured on ec:4+2 over shm, 256 KiB blocks: ~0.3 ms a range, ~0.5 ms a whole
-# block write, ~1 ms a block read and written whole; docs/filesystem.md). The dirty ranges
-# are written as they are when that costs less than the whole-block alternative and they
-# cover less than half the block.
-RANGE_COST = 1.0
-WHOLE_COST = 1.5  # writing a block whose bytes the cache holds entirely
-MERGE_COST = 3.0  # reading a block, laying the cached bytes over it, writing it whole
+FLUSH_PARALLEL = 8  # blocks written at once
+SPARSE_RANGES = 2  # at most this many dirty ranges in less than half a block: written
+# as they are (partial-stripe updates); more are merged into a whole-block write
 
 
 def block_size_for(stripe_size: int) -> int:
@@ -139,7 +128,6 @@ class WriteBehind(Backing):
         self._dirty: dict[tuple[int, int], _Block] = {}  # oldest first
         self._clean: dict[tuple[int, int], _Block] = {}  # least recently cleaned first
         self._flushing: set[tuple[int, int]] = set()  # blocks being written back
-        self._queued: set[tuple[int, int]] = set()  # blocks the flusher started a flush of
         self._memory = 0  # bytes of all cached blocks
         self._dirty_memory = 0  # bytes of the blocks in _dirty
         self._locks: dict[int, StripeLocks] = {}  # set id -> the locks of its blocks
@@ -274,27 +262,16 @@ class WriteBehind(Backing):
 
     # -- the flusher ------------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Flush aged blocks, and old ones under pressure, until ``stop()``: up to
-        FLUSH_PARALLEL at once, each started as soon as there is room for it."""
+        """Flush aged blocks, and old ones under pressure, until ``stop()``."""
         with self._scope:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    self._drop_clean(trio.current_time() - CLEAN_KEEP)
-                    keys = self._due(FLUSH_PARALLEL - len(self._queued))
-                    for key in keys:
-                        self._queued.add(key)
-                        nursery.start_soon(self._flush_queued, key)
-                    if not keys:
-                        await self._idle()
-
-    async def _flush_queued(self, key: tuple[int, int]) -> None:
-        """The flusher's flush of one block; wakes the flusher when it ends."""
-        try:
-            await self._flush_one(key)
-        finally:
-            self._queued.discard(key)
-            self._wake.set()
+            task_status.started()
+            while True:
+                self._drop_clean(trio.current_time() - CLEAN_KEEP)
+                keys = self._due()
+                if keys:
+                    await self._flush_keys(keys)
+                else:
+                    await self._idle()
 
     def stop(self) -> None:
         """End ``run``; flushes it started are cancelled and their bytes stay dirty."""
@@ -305,31 +282,22 @@ class WriteBehind(Backing):
         return {"cached_bytes": self._memory, "dirty_block_bytes": self._dirty_memory,
                 "lost_blocks": sum(len(b) for b in self._lost.values())}
 
-    def _due(self, room: int) -> list[tuple[int, int]]:
-        """At most ``room`` keys to flush now, not being flushed by the flusher: dirty for
-        ``age`` seconds, or the oldest under pressure."""
+    def _due(self) -> list[tuple[int, int]]:
+        """Keys to flush now: dirty for ``age`` seconds, or the oldest under pressure."""
         now = trio.current_time()
         pressure = self._dirty_memory > self.limit // 2
-        keys: list[tuple[int, int]] = []
-        if room <= 0:
-            return keys
+        keys = []
         for key, block in self._dirty.items():
-            if not pressure and block.since + self.age > now:
+            if len(keys) == 2 * FLUSH_PARALLEL or (not pressure and block.since + self.age > now):
                 break
-            if key not in self._queued:
-                keys.append(key)
-                if len(keys) == room:
-                    break
+            keys.append(key)
         return keys
 
     async def _idle(self) -> None:
-        """Sleep until the oldest dirty block not being flushed is due (with room for its
-        flush), a clean one expires, or a wake-up (a block became dirty, pressure, a flush
-        ended)."""
+        """Sleep until the oldest dirty block is due, a clean one expires, or a wake-up."""
         deadline = math.inf
-        if len(self._queued) < FLUSH_PARALLEL:
-            deadline = next((b.since + self.age for k, b in self._dirty.items()
-                             if k not in self._queued), math.inf)
+        if self._dirty:
+            deadline = next(iter(self._dirty.values())).since + self.age
         if self._clean:
             deadline = min(deadline, next(iter(self._clean.values())).since + CLEAN_KEEP)
         wake = self._wake
@@ -437,19 +405,14 @@ class WriteBehind(Backing):
         limiter = trio.CapacityLimiter(FLUSH_PARALLEL)
 
         async def one(key):
-            async with limiter:
-                await self._flush_one(key)
+            async with limiter, self._hold(key[0], range(key[1], key[1] + 1)):
+                block = self._blocks.get(key)
+                if block is not None and block.dirty:
+                    await self._write_back(block)
 
         async with trio.open_nursery() as nursery:
             for key in sorted(keys):
                 nursery.start_soon(one, key)
-
-    async def _flush_one(self, key: tuple[int, int]) -> None:
-        """Flush the block of ``key`` if it is dirty, under its lock."""
-        async with self._hold(key[0], range(key[1], key[1] + 1)):
-            block = self._blocks.get(key)
-            if block is not None and block.dirty:
-                await self._write_back(block)
 
     async def _write_back(self, block: _Block) -> None:
         """Write the block's dirty bytes to its set (its lock held); see the module
@@ -492,18 +455,17 @@ class WriteBehind(Backing):
         self._flush_ended()
 
     async def _store(self, block: _Block, taken: Intervals) -> bytearray | None:
-        """Write ``taken`` of the block to the set, the cheapest way (module docstring);
-        return the block's bytes if it had to be read (and merged) first."""
+        """Write ``taken`` of the block to the set; return the block's bytes if it had to
+        be read (and merged) first."""
         size = len(block.data)
-        whole = block.whole()
-        if (len(taken) * RANGE_COST < (WHOLE_COST if whole else MERGE_COST)
-                and 2 * taken.total() < size):
-            data = memoryview(block.data)
-            pieces = [(block.set_id, block.start + lo, bytes(data[lo:hi])) for lo, hi in taken]
-            await run_all(self.inner.write, pieces)  # copied first: no await in between
-            return None
-        if whole:
+        if block.whole():
             await self.inner.write(block.set_id, block.start, bytes(block.data))
+            return None
+        if len(taken) <= SPARSE_RANGES and 2 * taken.total() < size:
+            data = memoryview(block.data)
+            pieces = [(block.start + lo, bytes(data[lo:hi])) for lo, hi in taken]
+            for offset, piece in pieces:
+                await self.inner.write(block.set_id, offset, piece)
             return None
         merged = bytearray(size)
         await self.inner.read_into(block.set_id, block.start, merged)
