@@ -47,9 +47,15 @@ class Forwarder:
                 self._clients[address] = client
             return client
 
-    async def forward(self, targets, offset: int, new, delta) -> list[str]:
+    async def forward(self, targets, offset: int, new, delta, deadline: float) -> list[str]:
         """Apply the write to every (address, region id, key, coefficient) target; return a
         description of each failure. Cancellation abandons the targets not yet acknowledged.
+
+        Nothing is sent after ``deadline`` (``trio.current_time()``, a monotonic clock that
+        runs on while the process is stopped): past it the client has given up on this
+        write and may have rebuilt or rewritten the targets, so a late delta (this
+        appliance was stopped, SIGSTOP or a stall, while holding it) would corrupt them.
+        Such a target is reported failed instead.
         """
         failures: list[str] = []
 
@@ -59,6 +65,10 @@ class Forwarder:
             client = None
             try:
                 client = await self._client(address)
+                if trio.current_time() > deadline:
+                    failures.append(f"{address} region {region_id}: not sent, the client "
+                                    "gave up on this write")
+                    return
                 await client.apply_delta(region, offset, new if coefficient == 0 else delta,
                                          coefficient)
             except ApplianceUnavailable as e:

@@ -64,7 +64,7 @@ from ..protocol import (
     unpack_targets,
 )
 from ..protocol_io import ConnectionClosed, FrameReader, close_socket, nonblocking, send_buffers
-from .peers import Forwarder, fold
+from .peers import PEER_TIMEOUT, Forwarder, fold
 from .store import STATUS_SLOTS, check_range
 
 log = logging.getLogger(__name__)
@@ -424,10 +424,19 @@ class Connection:
             return await self._refuse_data(Op.FORWARD_WRITE, request_id, e, length - consumed)
         old = bytearray(view) if any(t[3] for t in targets) else None
         await self.reader.read_into(view)
+        # the forwards go out only while the client still waits for them (see peers.py): a
+        # request read after its client closed the connection (this appliance was stopped
+        # with the request in its socket buffer; the client gave up on it and may have
+        # rebuilt the targets since) is written here but forwarded nowhere
+        if self._client_gone():
+            log.warning("forward_write from %s read after the client left: not forwarded",
+                        self.peer)
+            return
+        deadline = trio.current_time() + PEER_TIMEOUT
         new = bytes(view)  # later writes to the region must not leak into the forwards
         if old is not None:
             xor_into(old, [new], accumulate=True)  # old ^ new: the delta
-        failures = await self.a.forwarder.forward(targets, offset, new, old)
+        failures = await self.a.forwarder.forward(targets, offset, new, old, deadline)
         self.a.metrics.op("forward_write", len(new))
         if failures:
             return await self._reply_error(Op.FORWARD_WRITE, request_id, ForwardFailed(

@@ -121,10 +121,6 @@ def test_fault_schedule(scheme, monkeypatch):
         suppress_health_check=list(HealthCheck)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "snapshots (snap): a mirror snapshot splits a member off its set, which is then a single "
-    "copy until the rebuild: losing the other appliance in that window loses fsync'd data "
-    "(EIO, read-only) although only one appliance failed"))
 def test_one_appliance_lost_right_after_a_mirror_snapshot_loses_nothing():
     """Found by the soak (mirror:2 over shm, seed 7): an appliance killed right after a
     snapshot, before the split set was rebuilt (the rebuild copies the whole 4 MiB set:
@@ -142,10 +138,6 @@ def test_one_appliance_lost_right_after_a_mirror_snapshot_loses_nothing():
         h.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "forwarded writes (sets/forward.py, appliance/forward.py): an appliance stopped while it "
-    "holds a forwarded write, then replaced, applies that write's parity delta to its old "
-    "peers when it resumes: the set's parity no longer matches (scrub: 1 stripe mismatched)"))
 def test_a_forwarding_appliance_that_resumes_after_its_replacement_changes_nothing():
     """Found by the soak (ec:4+2 forward over tcp, seed 11). Scrub is clean while the
     appliance is stopped and its member rebuilt elsewhere, and mismatched once it resumes;
@@ -166,15 +158,11 @@ def test_a_forwarding_appliance_that_resumes_after_its_replacement_changes_nothi
         h.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sets/snapshots (sets, snap): a split mirror snapshot is one copy until its set is "
-    "rebuilt; when that copy's appliance restarts with its memory in that window, the member "
-    "is left failed ('cannot rebuild member 1: only members [] are current') instead of "
-    "reattached, and the snapshot stays unavailable (EIO) for good"))
 def test_a_split_snapshot_whose_appliance_restarts_is_readable_again():
     """Found by the soak (mirror:2 over tcp, seed 21): SIGKILL of the appliance that holds
-    a fresh split snapshot's only copy, then a restart with the same persist dir."""
-    h = Harness("mirror:2").start()
+    a fresh split snapshot's only copy, then a restart with the same persist dir. mirror:2
+    snapshots clone now (both copies stay with the live set), so mirror:3 splits."""
+    h = Harness("mirror:3").start()
     try:
         h.write("f0", 0, 300000, 1)
         h.fsync("f0")
