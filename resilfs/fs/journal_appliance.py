@@ -53,7 +53,7 @@ from ..errors import ResilfsError
 from ..transport.base import RecordConflict, TransportError
 from .errors import DataUnavailable
 from .journal import JournalStore
-from .records import CorruptRecord
+from .journal_records import CorruptRecord
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ import zlib
 import pytest
 import trio
 
-from resilfs.fs import journal_appliance, records
+from resilfs.fs import journal_appliance, journal_records
 from resilfs.fs.errors import FsError
 from resilfs.fs.journal import Journal, JournalWorker, encode_checkpoint
 from resilfs.fs.journal_appliance import SUPER, ApplianceJournalStore, JournalUnavailable
+from resilfs.fs.journal_records import Op
 from resilfs.fs.metadata import Metadata
-from resilfs.fs.records import Op
 from resilfs.fs.state import ROOT_INODE, State
 from resilfs.sets import AppliancePool
 from resilfs.transport import connect
@@ -183,23 +183,23 @@ def test_failed_append_left_on_one_copy_loses_nothing(launcher, appliances):
     async def main():
         pool, store = await open_store(appliances, launcher.secret)
         await store.load()
-        await store.append(records.encode([(Op.NEXT, 5)]))
+        await store.append(journal_records.encode([(Op.NEXT, 5)]))
         for app in appliances[1:]:
             launcher.kill(app)
         with pytest.raises(JournalUnavailable):  # a batch of two records, on one copy
-            await store.append(records.encode([(Op.XATTR, 1, b"user.a", bytes(300_000))]))
+            await store.append(journal_records.encode([(Op.XATTR, 1, b"user.a", bytes(300_000))]))
         await pool.aclose()
         for app in appliances[1:]:
             launcher.restart(app)
         launcher.kill(appliances[0])
         pool, store = await open_store(appliances, launcher.secret)
-        assert await store.load() == (None, [records.encode([(Op.NEXT, 5)])])
-        await store.append(records.encode([(Op.NEXT, 7)]))  # durable on two copies
+        assert await store.load() == (None, [journal_records.encode([(Op.NEXT, 5)])])
+        await store.append(journal_records.encode([(Op.NEXT, 7)]))  # durable on two copies
         await pool.aclose()
         launcher.restart(appliances[0])
         pool, store = await open_store(appliances, launcher.secret)
-        assert await store.load() == (None, [records.encode([(Op.NEXT, 5)]),
-                                             records.encode([(Op.NEXT, 7)])])
+        assert await store.load() == (None, [journal_records.encode([(Op.NEXT, 5)]),
+                                             journal_records.encode([(Op.NEXT, 7)])])
         await pool.aclose()
     trio.run(main)
 
@@ -255,7 +255,7 @@ def test_format1_is_read_and_rewritten_in_the_current_format(launcher, appliance
         blob = encode_checkpoint(state_journal.state)
         covered = state_journal.queued
         md.create(ROOT_INODE, b"in-log", stat.S_IFREG, 0, 0)
-        batch = records.encode(state_journal._queued[covered:])
+        batch = journal_records.encode(state_journal._queued[covered:])
         image = {SUPER: json.dumps({"generation": 3, "parts": 1}).encode(),
                  "fs-ckpt-3-0": blob, "fs-log-3-0": b"\x00" + batch[:10],
                  "fs-log-3-1": b"\x01" + batch[10:]}
