@@ -326,3 +326,48 @@ def test_copies_an_append_did_not_wait_for_are_finished(launcher, appliances):
             await pool.aclose()
             launcher.restart(app)
     trio.run(main)
+
+
+def test_a_record_another_writer_keeps_changing_is_given_up_on(launcher, appliances):
+    """One copy's superblock is changed by another writer between every read and put of
+    ours: the store gives that copy up after a bounded number of rounds (the write counts
+    as failed there; the two other copies carry it) instead of retrying for as long as the
+    other writer goes on. The state loads back whole from the copies."""
+    async def main():
+        contested = appliances[0].address
+        other = await connect(contested, secret=launcher.secret)
+        raced = []
+
+        async def connect_raced(address):
+            client = await connect(address, secret=launcher.secret)
+            if address == contested:
+                record_get = client.record_get
+
+                async def get_then_race(owner, name):
+                    found = await record_get(owner, name)
+                    if name == SUPER and found is not None:  # the other writer moves it on
+                        await other.record_put(owner, name, found[1], found[0])
+                        raced.append(found[0])
+                    return found
+                client.record_get = get_then_race
+            return client
+
+        pool = await AppliancePool.create([a.address for a in appliances], connect_raced)
+        journal = await Journal.load(ApplianceJournalStore(pool, OWNER))
+        Metadata.format(journal, 0, 0)
+        md = Metadata(journal)
+        md.create(ROOT_INODE, b"before", stat.S_IFREG, 0, 0)
+        await journal.commit()
+        with trio.fail_after(60):  # hang guard: retries without a bound never end
+            assert await journal.checkpoint()
+        assert len(raced) == journal_appliance.STORE_ATTEMPTS
+        md.create(ROOT_INODE, b"after", stat.S_IFREG, 0, 0)
+        await journal.commit()
+        expected = journal.state.snapshot()
+        await pool.aclose()
+        await other.aclose()
+
+        pool, store = await open_store(appliances, launcher.secret)
+        assert (await Journal.load(store)).state.snapshot() == expected
+        await pool.aclose()
+    trio.run(main)
