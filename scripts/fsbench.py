@@ -24,7 +24,7 @@ RAND_SIZE = os.environ.get("RAND_SIZE", "64M")
 RUNTIME = os.environ.get("RUNTIME", "5")
 ALL_TARGETS = ["tmpfs", "baseline", "mirror2-shm", "mirror2-tcp", "ec42-shm", "ec42-tcp"]
 TARGETS = [t for t in os.environ.get("TARGETS", ",".join(ALL_TARGETS)).split(",") if t]
-RESILFS = {"mirror2": ("mirror:2", 3), "ec42": ("ec:4+2", 6)}
+RESILFS = {"mirror2": ("mirror:2", 3), "mirror3": ("mirror:3", 3), "ec42": ("ec:4+2", 6)}
 JOBS = [  # name, unit, fio arguments
     ("seq write 1M", "MiB/s", ["--name=seqw", "--rw=write", "--bs=1M", f"--size={SEQ_SIZE}",
                                "--end_fsync=1", "--filename=seq"]),

@@ -331,8 +331,19 @@ class Operations(pyfuse3.Operations):
         # the file's data and the journal commit are written at the same time: the data a
         # batch's MAP records point at is made durable first inside the commit (ordered
         # data), nothing else depends on their order; EIO if deferred writes were lost
-        await _together(functools.partial(self.data.flush, self._handles[fh]),
+        await _together(functools.partial(self._flush_after_commit_sent, self._handles[fh]),
                         self.journal.commit)
+
+    async def _flush_after_commit_sent(self, ino: int) -> None:
+        """``data.flush(ino)``, started two scheduling rounds late: the commit task takes
+        its lock and spawns one task per journal copy without yielding, and those send
+        their requests in the next round, so the appliances store the journal batch
+        while this task writes the data (over shm the data flush is CPU work of this
+        process, ~0.2 ms for a 4 KiB ec:4+2 update, that would otherwise delay the
+        requests by as much)."""
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        await self.data.flush(ino)
 
     # -- directories -----------------------------------------------------------------
     @_handler

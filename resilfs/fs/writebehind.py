@@ -136,6 +136,7 @@ class WriteBehind(Backing):
         self._writing_through = 0  # callers inside writing_through()
         self.on_lost: Callable[[int, list[tuple[int, int]]], None] | None = None
         self._wake = trio.Event()  # for the flusher: a block became dirty, or pressure
+        self._sleep: trio.CancelScope | None = None  # the flusher's sleep in ``_idle``
         self._room = trio.Event()  # for writers over the limit: a flush ended
         self._scope = trio.CancelScope()
         self.flush_latency = Latency()  # of each block written back (for the metrics)
@@ -301,8 +302,11 @@ class WriteBehind(Backing):
         if self._clean:
             deadline = min(deadline, next(iter(self._clean.values())).since + CLEAN_KEEP)
         wake = self._wake
-        with trio.move_on_at(deadline):
-            await wake.wait()
+        with trio.move_on_at(deadline) as self._sleep:
+            try:
+                await wake.wait()
+            finally:
+                self._sleep = None
         if wake.is_set():
             self._wake = trio.Event()
 
@@ -352,12 +356,21 @@ class WriteBehind(Backing):
         return block
 
     def _mark_dirty(self, block: _Block) -> None:
+        """Book ``block`` as dirty since now. The flusher is woken under pressure; for
+        the first dirty block, a sleeping flusher's deadline is moved to when that block
+        is due instead (no task switch per write: a write and fsync of a small change
+        would wake it every time)."""
         self._clean.pop(block.key, None)
         block.since = trio.current_time()
         self._dirty[block.key] = block
         self._dirty_memory += len(block.data)
-        if len(self._dirty) == 1 or self._dirty_memory > self.limit // 2:
+        if self._dirty_memory > self.limit // 2:
             self._wake.set()
+        elif len(self._dirty) == 1:
+            if self._sleep is not None:
+                self._sleep.deadline = min(self._sleep.deadline, block.since + self.age)
+            else:
+                self._wake.set()
 
     def _take_dirty(self, block: _Block) -> Intervals:
         """Remove the block's dirty bytes from the books, for a flush; return them."""
@@ -401,18 +414,27 @@ class WriteBehind(Backing):
         return self._locks.setdefault(set_id, StripeLocks()).hold(indexes)
 
     async def _flush_keys(self, keys) -> None:
-        """Flush the blocks of ``keys``, FLUSH_PARALLEL at a time."""
+        """Flush the blocks of ``keys``, FLUSH_PARALLEL at a time; one block (an fsync of
+        a small change) in this task, with no nursery or limiter."""
+        if len(keys) == 1:
+            key, = keys
+            await self._flush_one(key)
+            return
         limiter = trio.CapacityLimiter(FLUSH_PARALLEL)
 
         async def one(key):
-            async with limiter, self._hold(key[0], range(key[1], key[1] + 1)):
-                block = self._blocks.get(key)
-                if block is not None and block.dirty:
-                    await self._write_back(block)
+            async with limiter:
+                await self._flush_one(key)
 
         async with trio.open_nursery() as nursery:
             for key in sorted(keys):
                 nursery.start_soon(one, key)
+
+    async def _flush_one(self, key: tuple[int, int]) -> None:
+        async with self._hold(key[0], range(key[1], key[1] + 1)):
+            block = self._blocks.get(key)
+            if block is not None and block.dirty:
+                await self._write_back(block)
 
     async def _write_back(self, block: _Block) -> None:
         """Write the block's dirty bytes to its set (its lock held); see the module
