@@ -33,6 +33,7 @@ LAYER_OF_TOP_MODULE = {
     "resilfs.scheme": BASE,
     "resilfs.auth": BASE,
     "resilfs.copy": BASE,
+    "resilfs.taskdump": BASE,  # imports only trio; any daemon can log its tasks
     "resilfs.protocol": "protocol",
     "resilfs.protocol_io": "protocol",
     "resilfs.__main__": "cli",
