@@ -14,13 +14,15 @@ tolerance.) ``cut(app)`` takes the appliance's end down: packets to and from it,
 host and from the other appliances alike, are dropped silently, as on a cut cable
 (connections hang, then time out); ``heal(app)`` brings it back. Only these namespaces are
 touched; ``close()`` stops every appliance by PID and deletes its namespaces (their veths go
-with them) and the host's veth. Needs root and ``ip``.
+with them) and the host's veth. Needs root, ``ip`` and ``nsenter``. The appliances share
+the host's mount namespace (see ``_spawn``).
 
 The same interface as ``ApplianceLauncher`` for what the fault schedule uses: ``start``,
 ``kill``, ``stop``, ``restart``, ``close``, ``secret``, ``secret_file``; appliances with
 ``address``, ``pid``, ``running``.
 """
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,8 +40,8 @@ BRIDGE = "rfbr"  # inside the hub namespace
 
 
 def available() -> bool:
-    """Whether network namespaces can be made here (root and ``ip``)."""
-    if os.geteuid() != 0:
+    """Whether network namespaces can be made here (root, ``ip`` and ``nsenter``)."""
+    if os.geteuid() != 0 or shutil.which("nsenter") is None:
         return False
     try:
         return subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
@@ -134,8 +136,11 @@ class NetnsAppliances:
     def _spawn(self, app: NetnsAppliance) -> None:
         with open(app.log_path, "ab") as log:
             app.process = subprocess.Popen(
-                ["ip", "netns", "exec", app.netns, sys.executable, "-m", "resilfs",
-                 "appliance", "--listen", app.address, *app.args],
+                # nsenter joins the network namespace only; ``ip netns exec`` would also
+                # make a mount namespace holding a copy of every mount of the host, and a
+                # FUSE mount copied so lives on after its umount: its daemon never exits
+                ["nsenter", f"--net=/run/netns/{app.netns}", sys.executable, "-m",
+                 "resilfs", "appliance", "--listen", app.address, *app.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while True:

@@ -10,8 +10,8 @@ import trio
 from ..fs import cluster as clusterfile
 from ..fs.errors import DataUnavailable
 from ..fs.fsck import Report, check_sets, check_state, known_sets
+from ..fs.journal_records import CorruptRecord
 from ..fs.mount import open_metadata
-from ..fs.records import CorruptRecord
 from ..transport.base import TransportError
 
 EPILOG = """\

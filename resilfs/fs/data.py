@@ -34,8 +34,8 @@ from .allocator import OutOfSpace
 from .errors import DataUnavailable, LostData, refuse
 from .extents import LOST, PAGE, page_down, page_up
 from .intervals import Intervals
+from .journal_records import Op
 from .metadata import Metadata, now_ns
-from .records import Op
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from time import perf_counter_ns
 
 import trio
 
-from . import records
+from . import journal_records
 from .errors import FsError
+from .journal_records import CorruptRecord, Op
 from .latency import Latency
-from .records import CorruptRecord, Op
 from .state import State
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class JournalBacklog(FsError):
 
 def encode_checkpoint(state: State) -> bytes:
     """The whole state as a checkpoint blob (see ``State.checkpoint_records``)."""
-    return CHECKPOINT_MAGIC + records.encode(state.checkpoint_records())
+    return CHECKPOINT_MAGIC + journal_records.encode(state.checkpoint_records())
 
 
 class JournalStore(ABC):
@@ -120,12 +120,12 @@ class Journal:
         blob, batches = await store.load()
         if blob is not None:
             if not blob.startswith(CHECKPOINT_MAGIC):
-                raise records.CorruptRecord("checkpoint does not start with the resilfs magic")
-            for record in records.decode(memoryview(blob)[len(CHECKPOINT_MAGIC):]):
+                raise CorruptRecord("checkpoint does not start with the resilfs magic")
+            for record in journal_records.decode(memoryview(blob)[len(CHECKPOINT_MAGIC):]):
                 state.apply(record)
             state.allocator.release(state.allocator.seal())
         for batch in batches:
-            for record in records.decode(batch):
+            for record in journal_records.decode(batch):
                 state.apply(record)
             # space freed in a durable batch was reusable by the next one, as when live
             state.allocator.release(state.allocator.seal())
@@ -157,7 +157,7 @@ class Journal:
         says everything the earlier one said), so a stream of writes queues one record.
         """
         try:
-            encoded = records.encode_one(record)
+            encoded = journal_records.encode_one(record)
         except CorruptRecord as exc:
             raise Unrecordable(str(exc)) from None
         self.state.apply(record)

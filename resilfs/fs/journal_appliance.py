@@ -53,7 +53,7 @@ from ..errors import ResilfsError
 from ..transport.base import RecordConflict, TransportError
 from .errors import DataUnavailable
 from .journal import JournalStore
-from .records import CorruptRecord
+from .journal_records import CorruptRecord
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ PART_MAGIC = b"RSFJ"
 _CRC = struct.Struct("<I")
 _PART = struct.Struct("<4sQQIIII")  # magic, epoch, sequence, index, count, total crc, crc
 _IN_FLIGHT = 32  # record reads or writes per copy at a time
+STORE_ATTEMPTS = 8  # read-and-put rounds a record store tries before it gives up
 
 
 class JournalUnavailable(DataUnavailable):
@@ -559,16 +560,23 @@ def _format1_generation(value: bytes) -> int | None:
 
 
 async def _store(client, owner: str, name: str, value: bytes) -> None:
-    """Store a record whatever it holds now: create it, or replace what is there."""
+    """Store a record whatever it holds now: create it, or replace what is there.
+
+    Another writer that changes the record between our read and our put makes the put
+    conflict, and we read again; after ``STORE_ATTEMPTS`` conflicts in a row RecordConflict
+    is raised (the copy counts as failed for this write, like an appliance that did not
+    answer) instead of retrying for as long as the other writer goes on."""
     try:
         await client.record_put(owner, name, value, 0)
         return
     except RecordConflict:
         pass
-    while True:
+    for _ in range(STORE_ATTEMPTS):
         found = await client.record_get(owner, name)
         try:
             await client.record_put(owner, name, value, found[0] if found else 0)
             return
         except RecordConflict:
             continue
+    raise RecordConflict(f"record {owner}/{name} changed under every one of "
+                         f"{STORE_ATTEMPTS} writes in a row (another client writes it)")

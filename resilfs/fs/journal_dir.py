@@ -16,7 +16,7 @@ import zlib
 import trio
 
 from .journal import JournalStore
-from .records import CorruptRecord
+from .journal_records import CorruptRecord
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ changed) or records the change through ``Journal.record`` (which applies it). Me
 never await, so each one is atomic with respect to other requests.
 
 Fields a user controls are checked where they are set, against the ranges the records
-can store (``records.I64_MIN`` ...): timestamps are signed 64-bit nanoseconds since 1970
+can store (``journal_records.I64_MIN`` ...): timestamps are signed 64-bit nanoseconds since 1970
 (1677-09-21 to 2262-04-11; beyond: EOVERFLOW), sizes at most 2**63 - 1 (EFBIG), modes,
 uids, gids 32-bit and device numbers 64-bit (EINVAL), names at most 255 bytes and symlink
 targets 4095 (ENAMETOOLONG), xattr names 255 bytes (ERANGE) and values 64 KiB (E2BIG).
@@ -22,7 +22,7 @@ import time
 from .errors import FsError, refuse
 from .extents import LOST
 from .journal import Journal
-from .records import (
+from .journal_records import (
     ATTR_ATIME,
     ATTR_CTIME,
     ATTR_GID,

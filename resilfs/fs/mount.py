@@ -25,6 +25,7 @@ from functools import partial
 import pyfuse3
 import trio
 
+from .. import taskdump
 from ..codec import make_codec
 from ..scheme import Scheme
 from ..sets import RebuildWorker
@@ -157,10 +158,12 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
         fallocate = FallocateHook(operations.fallocate)
         fallocate.install()  # before main(): no request has been read yet
         signals = _SignalWatcher()
+        dumper = taskdump.DumpOnSignal()
         signals.ignore_outside()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(signals.run)  # first: signals are ignored until then
+                await nursery.start(dumper.run)
                 fallocate.nursery = nursery
                 nursery.start_soon(worker.run)
                 await nursery.start(rebuild.run)
@@ -177,6 +180,7 @@ async def mount(cluster: Cluster, mountpoint: str, *, journal_dir: str | None = 
                 log.info("mounted %s on %s (%s)", cluster.name, mountpoint, fmt.scheme)
                 await pyfuse3.main()
                 signals.stop()
+                dumper.stop()
                 worker.stop()  # its last commit runs before the nursery exits
                 rebuild.stop()
                 control.stop()

@@ -7,8 +7,8 @@ import stat
 
 from .errors import refuse
 from .journal import Journal
+from .journal_records import Op
 from .metadata import NAME_MAX
-from .records import Op
 from .state import ROOT_INODE, SnapshotInfo, State
 
 DIR_NAME = b".snapshots"  # reserved in the mount's root

@@ -5,7 +5,7 @@ commit for all the sets) and returns once that commit is durable; the sets are s
 memory at once (``adopt``). The rest happens here, in the background, a set at a time and
 under the snapshots' lock (no snapshot is created or deleted meanwhile):
 
-1. ``resilfs.sets.snapshot.store``: the source set's record, which no longer names the
+1. ``resilfs.sets.split_clone.store``: the source set's record, which no longer names the
    split-off region, then the snapshot set's record, on the appliances.
 2. Once the source set has regained the member the split took (or after ``SOURCE_WAIT``
    seconds), the snapshot set is handed to the rebuild worker, which replaces its
@@ -29,8 +29,7 @@ import math
 
 import trio
 
-from ..sets import ResiliencySet, SetError, list_sets
-from ..sets import snapshot as setsnap
+from ..sets import ResiliencySet, SetError, list_sets, split_clone
 from ..sets.membership import REBUILDING
 from ..transport.base import TransportError
 from .backing import SetBacking, set_name
@@ -76,7 +75,7 @@ class SnapshotSets:
             if pair is None:
                 continue
             try:
-                await setsnap.store(*pair)
+                await split_clone.store(*pair)
             except SetError as exc:
                 log.warning("snapshot set %d: cannot store its record yet: %s", set_id, exc)
                 continue
@@ -84,7 +83,7 @@ class SnapshotSets:
 
     async def recover(self) -> None:
         """Store the records of snapshot sets that a crash kept off the appliances (see
-        ``resilfs.sets.snapshot.recover``). Call at mount before any set is opened.
+        ``resilfs.sets.split_clone.recover``). Call at mount before any set is opened.
         Failures are logged; the next mount tries again."""
         if not self.state.snapset_records:
             return
@@ -94,7 +93,7 @@ class SnapshotSets:
             if set_name(set_id) in present:
                 continue
             try:
-                await setsnap.recover(pool, owner, set_name(set_id), set_name(source), record)
+                await split_clone.recover(pool, owner, set_name(set_id), set_name(source), record)
             except (SetError, TransportError, ValueError) as exc:
                 log.warning("snapshot set %d: cannot store its record from the journal: %s",
                             set_id, exc)
@@ -132,7 +131,7 @@ class SnapshotSets:
         if source is None or trio.current_time() - since >= SOURCE_WAIT:
             return True
         s = self.backing.sets().get(source)
-        return s is None or not any(m.state == REBUILDING or setsnap.placeholder(m)
+        return s is None or not any(m.state == REBUILDING or split_clone.placeholder(m)
                                     for m in s.members)
 
     async def _watch(self, set_id: int) -> None:

@@ -15,8 +15,8 @@ from .data import FileData
 from .errors import LostData, refuse
 from .extents import LOST
 from .journal import Journal
+from .journal_records import ATTR_CTIME, Op
 from .metadata import Metadata, now_ns
-from .records import ATTR_CTIME, Op
 from .snapshot_names import DIR_NAME, SnapshotNames
 from .state import ROOT_INODE, SnapshotInfo
 

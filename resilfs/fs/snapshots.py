@@ -5,14 +5,14 @@ xattrs: commands and the report), ``snapshot_names`` (names, the ``.snapshots``
 directory, which inodes are read-only), ``snapshot_trees`` (a tree captured and journaled
 as the snapshot's copy; restore's live copy), ``kernel_cache`` (``syncfs`` and the
 kernel's entries and attributes), ``snapshot_sets`` (the snapshot sets after the call),
-and ``resilfs.sets.snapshot`` (a set split or cloned).
+and ``resilfs.sets.split_clone`` (a set split or cloned).
 
 How a snapshot is taken (claims 9, 10, 18, 20): the kernel's dirty pages are written back
 (``syncfs``: every write completed before the call is on the sets) and the daemon's
 write-behind cache flushed and bypassed until the snapshot is taken, while every appliance
 is asked for its STAT (liveness, free space); then every stripe of every set the tree uses
 is locked (in-flight writes drain, new ones wait), the tree's metadata is captured, and
-each set is snapshotted by ``resilfs.sets.snapshot``: a healthy mirror set of three or
+each set is snapshotted by ``resilfs.sets.split_clone``: a healthy mirror set of three or
 more copies gives up a member region (it *is* the snapshot's data), other sets (mirror:2
 among them, whose live data a split would leave on one copy) clone their members inside
 the appliances. No file data crosses the network. The snapshot's inodes, its sets (with
@@ -38,17 +38,16 @@ from contextlib import AsyncExitStack
 
 import trio
 
-from ..sets import NoPlacement, SetError
-from ..sets import snapshot as setsnap
+from ..sets import NoPlacement, SetError, split_clone
 from ..transport.base import TransportError
 from . import snapshot_xattrs as xattrs
 from .backing import SetBacking, set_name
 from .data import FileData
 from .errors import DataUnavailable, FsError, NoSpace, refuse
 from .journal import Journal
+from .journal_records import Op
 from .kernel_cache import KernelCache
 from .metadata import Metadata, now_ns
-from .records import Op
 from .snapshot_names import SnapshotNames, check_name
 from .snapshot_sets import SnapshotSets
 from .snapshot_trees import SnapshotTrees
@@ -138,7 +137,7 @@ class Snapshots:
             if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
                 raise refuse(errno.EINVAL, "only files and directories can be snapshotted")
             started = trio.current_time()
-            survey = setsnap.Survey(self.backing.pool)
+            survey = split_clone.Survey(self.backing.pool)
             async with trio.open_nursery() as nursery:  # independent: together
                 nursery.start_soon(survey.refresh)
                 await self.kernel.flush()
@@ -152,16 +151,16 @@ class Snapshots:
                 raise refuse(errno.EAGAIN, "the tree kept changing sets; try again")
 
     async def _attempt(self, ino: int, name: bytes,
-                       survey: setsnap.Survey) -> SnapshotInfo | None:
+                       survey: split_clone.Survey) -> SnapshotInfo | None:
         set_ids = sorted(self.trees.sets_of(ino))
         try:
             sets = [await self.backing.get(i) for i in set_ids]
         except DataUnavailable as exc:
             raise refuse(errno.EIO, f"cannot snapshot: {exc}") from None
-        await _each(lambda s: setsnap.settle(s, SETTLE_TIMEOUT), sets)
+        await _each(lambda s: split_clone.settle(s, SETTLE_TIMEOUT), sets)
         base = max(self.state.snapsets, default=SNAPSET_BASE - 1) + 1
         new_ids = {old: base + k for k, old in enumerate(set_ids)}
-        snaps: list[setsnap.SetSnapshot] = []
+        snaps: list[split_clone.SetSnapshot] = []
         phases, t = self._phases, trio.current_time()
 
         def phase(what: str) -> None:
@@ -173,17 +172,17 @@ class Snapshots:
         async with AsyncExitStack() as stack:
             try:
                 for s in sets:  # ascending set ids: quiescers never deadlock
-                    await stack.enter_async_context(setsnap.quiesce(s))
+                    await stack.enter_async_context(split_clone.quiesce(s))
                 phase("quiesce")
                 if ino not in self.state.inodes:
                     raise refuse(errno.ENOENT, "the file was removed")
                 if sorted(self.trees.sets_of(ino)) != set_ids:
                     return None
-                snaps = await setsnap.prepare(sets, [set_name(new_ids[i]) for i in set_ids],
+                snaps = await split_clone.prepare(sets, [set_name(new_ids[i]) for i in set_ids],
                                               survey)
                 phase("prepare")
                 tree = self.trees.capture(ino)  # the snapshot's instant: no write in flight
-                await _each(setsnap.take, snaps)
+                await _each(split_clone.take, snaps)
                 phase("take")
             except NoPlacement as exc:
                 await self._undo(snaps)
@@ -204,8 +203,8 @@ class Snapshots:
                 self.kernel.invalidate_attrs(self.directory())
             finally:  # even if the commit failed: the records are applied and stay queued
                 for old, s, snap in zip(set_ids, sets, snaps, strict=True):
-                    setsnap.detach(snap)  # no await from here to the release and return:
-                    self.sets.adopt(new_ids[old], old, s, setsnap.snapshot_set(snap))
+                    split_clone.detach(snap)  # no await from here to the release and return:
+                    self.sets.adopt(new_ids[old], old, s, split_clone.snapshot_set(snap))
         phase("release")  # background work (rebuilds, records) starts after the reply
         log.info("snapshot %s of inode %d: %d inodes, %d bytes, sets %s (%s); %s", name, ino,
                  info.last - info.first + 1, info.size, set_ids,
@@ -217,7 +216,7 @@ class Snapshots:
     async def _undo(snaps) -> None:
         with trio.CancelScope(shield=True):
             for snap in snaps:
-                await setsnap.undo(snap)
+                await split_clone.undo(snap)
 
     # -- delete -----------------------------------------------------------------------------
     async def delete(self, name: bytes) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .allocator import Allocator
 from .extents import LOST, ExtentMap, page_up
-from .records import (
+from .journal_records import (
     ATTR_ATIME,
     ATTR_CTIME,
     ATTR_GID,

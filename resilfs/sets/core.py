@@ -26,7 +26,7 @@ from ..codec.geometry import map_range
 from ..scheme import Scheme
 from ..transport.base import ApplianceClient, ApplianceUnavailable, RegionHandle, TransportError
 from . import mapview
-from . import membership as records
+from . import membership as set_records
 from .errors import SetError, SetUnavailable
 from .intents import IntentTracker
 from .locks import StripeLocks
@@ -227,7 +227,7 @@ class SetCore:
                 self.membership.epoch += 1
                 targets = [m.appliance for m in self.members if m.state != FAILED]
                 witnesses = [a for a in self.pool.up() if a not in targets]
-                failed = await records.save(self.pool, self.membership, self._generations,
+                failed = await set_records.save(self.pool, self.membership, self._generations,
                                             targets, witnesses)
                 for i, m in enumerate(self.members):
                     if m.appliance in failed:

@@ -29,7 +29,7 @@ from ..codec.geometry import stripes_in_range
 from ..scheme import Scheme
 from ..transport.base import ApplianceUnavailable, TransportError
 from . import mapped, resync
-from . import membership as records
+from . import membership as set_records
 from .coded import Coded
 from .core import THREAD_MIN, SetCore
 from .errors import NoPlacement, SetError, SetUnavailable, from_transport, set_error
@@ -126,7 +126,7 @@ class ResiliencySet(SetCore):
         (mirrors agree, coding matches data) before this returns. Raises SetNotFound,
         SetConflict, or SetUnavailable when too few members answer.
         """
-        membership, generations = await records.load(pool, owner, set_id)
+        membership, generations = await set_records.load(pool, owner, set_id)
         if codec is None:
             codec = make_codec(membership.scheme, membership.chunk_size, membership.backend)
         s = cls(pool, membership, codec, generations, write_mode=write_mode, **options)
@@ -161,10 +161,10 @@ class ResiliencySet(SetCore):
         region and a stale record until they are wiped.
         """
         self._closed = self.destroyed = True
-        name = records.record_name(self.set_id)
+        name = set_records.record_name(self.set_id)
         with from_transport(f"set {self.set_id!r}"):
             await self.each_live(lambda c: c.record_delete(self.owner, name), "record delete")
-            await records.delete(self.pool, self.owner, self.set_id, self.pool.up())
+            await set_records.delete(self.pool, self.owner, self.set_id, self.pool.up())
             await _free(self.pool, [m for m in self.members if m.state != FAILED])
 
     @property

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from resilfs.sets.snapshot import Survey
+from resilfs.sets.split_clone import Survey
 from resilfs.transport import connect
 from resilfs.transport.base import (
     ApplianceUnavailable,

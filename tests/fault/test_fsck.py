@@ -14,7 +14,7 @@ import trio
 from resilfs.cli.fsck import check_offline
 from resilfs.fs import cluster as clusterfile
 from resilfs.fs.journal_appliance import ApplianceJournalStore
-from resilfs.fs.records import Op, encode
+from resilfs.fs.journal_records import Op, encode
 from resilfs.sets.membership import Membership, record_name
 from resilfs.transport.base import RegionHandle
 from tests.fs.conftest import make_cluster

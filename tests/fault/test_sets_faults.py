@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from resilfs.sets import AppliancePool, RebuildWorker, ResiliencySet, SetUnavailable, list_sets
-from resilfs.sets import membership as records
+from resilfs.sets import membership as set_records
 from resilfs.sets.errors import SetConflict
 from resilfs.sets.membership import Membership, record_name
 from resilfs.transport import connect
@@ -474,13 +474,13 @@ async def test_a_record_another_client_saved_meanwhile_is_a_conflict(cluster, op
     s = await ResiliencySet.create(pool, "mirror:2", None, SIZE, "fault", set_id(request),
                                    chunk_size=CHUNK)
     targets = [m.appliance for m in s.members]
-    mine, my_generations = await records.load(pool, s.owner, s.set_id)
-    theirs, their_generations = await records.load(pool, s.owner, s.set_id)
+    mine, my_generations = await set_records.load(pool, s.owner, s.set_id)
+    theirs, their_generations = await set_records.load(pool, s.owner, s.set_id)
     mine.epoch += 1
     theirs.epoch += 1
     theirs.members[1].state = "failed"
-    await records.save(pool, theirs, their_generations, targets)
+    await set_records.save(pool, theirs, their_generations, targets)
     with pytest.raises(SetConflict):
-        await records.save(pool, mine, my_generations, targets)
-    stored, _ = await records.load(pool, s.owner, s.set_id)
+        await set_records.save(pool, mine, my_generations, targets)
+    stored, _ = await set_records.load(pool, s.owner, s.set_id)
     assert stored.members[1].state == "failed"

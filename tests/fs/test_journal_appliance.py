@@ -8,12 +8,12 @@ import zlib
 import pytest
 import trio
 
-from resilfs.fs import journal_appliance, records
+from resilfs.fs import journal_appliance, journal_records
 from resilfs.fs.errors import FsError
 from resilfs.fs.journal import Journal, JournalWorker, encode_checkpoint
 from resilfs.fs.journal_appliance import SUPER, ApplianceJournalStore, JournalUnavailable
+from resilfs.fs.journal_records import Op
 from resilfs.fs.metadata import Metadata
-from resilfs.fs.records import Op
 from resilfs.fs.state import ROOT_INODE, State
 from resilfs.sets import AppliancePool
 from resilfs.transport import connect
@@ -183,23 +183,23 @@ def test_failed_append_left_on_one_copy_loses_nothing(launcher, appliances):
     async def main():
         pool, store = await open_store(appliances, launcher.secret)
         await store.load()
-        await store.append(records.encode([(Op.NEXT, 5)]))
+        await store.append(journal_records.encode([(Op.NEXT, 5)]))
         for app in appliances[1:]:
             launcher.kill(app)
         with pytest.raises(JournalUnavailable):  # a batch of two records, on one copy
-            await store.append(records.encode([(Op.XATTR, 1, b"user.a", bytes(300_000))]))
+            await store.append(journal_records.encode([(Op.XATTR, 1, b"user.a", bytes(300_000))]))
         await pool.aclose()
         for app in appliances[1:]:
             launcher.restart(app)
         launcher.kill(appliances[0])
         pool, store = await open_store(appliances, launcher.secret)
-        assert await store.load() == (None, [records.encode([(Op.NEXT, 5)])])
-        await store.append(records.encode([(Op.NEXT, 7)]))  # durable on two copies
+        assert await store.load() == (None, [journal_records.encode([(Op.NEXT, 5)])])
+        await store.append(journal_records.encode([(Op.NEXT, 7)]))  # durable on two copies
         await pool.aclose()
         launcher.restart(appliances[0])
         pool, store = await open_store(appliances, launcher.secret)
-        assert await store.load() == (None, [records.encode([(Op.NEXT, 5)]),
-                                             records.encode([(Op.NEXT, 7)])])
+        assert await store.load() == (None, [journal_records.encode([(Op.NEXT, 5)]),
+                                             journal_records.encode([(Op.NEXT, 7)])])
         await pool.aclose()
     trio.run(main)
 
@@ -255,7 +255,7 @@ def test_format1_is_read_and_rewritten_in_the_current_format(launcher, appliance
         blob = encode_checkpoint(state_journal.state)
         covered = state_journal.queued
         md.create(ROOT_INODE, b"in-log", stat.S_IFREG, 0, 0)
-        batch = records.encode(state_journal._queued[covered:])
+        batch = journal_records.encode(state_journal._queued[covered:])
         image = {SUPER: json.dumps({"generation": 3, "parts": 1}).encode(),
                  "fs-ckpt-3-0": blob, "fs-log-3-0": b"\x00" + batch[:10],
                  "fs-log-3-1": b"\x01" + batch[10:]}
@@ -325,4 +325,49 @@ def test_copies_an_append_did_not_wait_for_are_finished(launcher, appliances):
             assert (await Journal.load(store)).state.snapshot() == expected
             await pool.aclose()
             launcher.restart(app)
+    trio.run(main)
+
+
+def test_a_record_another_writer_keeps_changing_is_given_up_on(launcher, appliances):
+    """One copy's superblock is changed by another writer between every read and put of
+    ours: the store gives that copy up after a bounded number of rounds (the write counts
+    as failed there; the two other copies carry it) instead of retrying for as long as the
+    other writer goes on. The state loads back whole from the copies."""
+    async def main():
+        contested = appliances[0].address
+        other = await connect(contested, secret=launcher.secret)
+        raced = []
+
+        async def connect_raced(address):
+            client = await connect(address, secret=launcher.secret)
+            if address == contested:
+                record_get = client.record_get
+
+                async def get_then_race(owner, name):
+                    found = await record_get(owner, name)
+                    if name == SUPER and found is not None:  # the other writer moves it on
+                        await other.record_put(owner, name, found[1], found[0])
+                        raced.append(found[0])
+                    return found
+                client.record_get = get_then_race
+            return client
+
+        pool = await AppliancePool.create([a.address for a in appliances], connect_raced)
+        journal = await Journal.load(ApplianceJournalStore(pool, OWNER))
+        Metadata.format(journal, 0, 0)
+        md = Metadata(journal)
+        md.create(ROOT_INODE, b"before", stat.S_IFREG, 0, 0)
+        await journal.commit()
+        with trio.fail_after(60):  # hang guard: retries without a bound never end
+            assert await journal.checkpoint()
+        assert len(raced) == journal_appliance.STORE_ATTEMPTS
+        md.create(ROOT_INODE, b"after", stat.S_IFREG, 0, 0)
+        await journal.commit()
+        expected = journal.state.snapshot()
+        await pool.aclose()
+        await other.aclose()
+
+        pool, store = await open_store(appliances, launcher.secret)
+        assert (await Journal.load(store)).state.snapshot() == expected
+        await pool.aclose()
     trio.run(main)

@@ -4,6 +4,7 @@ polls a condition with a deadline."""
 import errno
 import json
 import os
+import signal
 import tempfile
 import time
 
@@ -144,3 +145,20 @@ def test_rotate_the_cluster_secret(fs_cluster, tmp_path):
     finally:
         if not os.path.ismount(other):
             os.rmdir(other)
+
+
+def test_sigusr1_logs_what_every_task_waits_at(fs_cluster):
+    """``kill -USR1`` makes the daemon log its tasks and where each waits (the FUSE
+    workers among them), and the mount goes on serving."""
+    m = fs_cluster.mount()
+    path = os.path.join(fs_cluster.mountpoint, "f")
+    _write(path, b"before")
+    m.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + DEADLINE
+    while "tasks at SIGUSR1" not in m.log_tail(1000):
+        assert m.process.poll() is None and time.monotonic() < deadline, m.log_tail()
+        time.sleep(0.05)
+    dump = m.log_tail(1000).split("tasks at SIGUSR1", 1)[1]
+    assert "task pyfuse-" in dump and "resilfs/fs/mount.py" in dump, dump
+    _write(path, b"after")
+    assert _read(path) == b"after"

@@ -20,9 +20,8 @@ from resilfs.fs.metadata import Metadata
 from resilfs.fs.snapshots import Snapshots
 from resilfs.fs.state import ROOT_INODE
 from resilfs.fs.sweep import known_sets, sweep
-from resilfs.sets import AppliancePool
-from resilfs.sets import membership as records
-from resilfs.sets import snapshot as setsnap
+from resilfs.sets import AppliancePool, split_clone
+from resilfs.sets import membership as set_records
 from resilfs.sets.errors import SetError
 from resilfs.transport import connect
 from tests import appliances as fixtures
@@ -100,10 +99,10 @@ class Fs:
         record is on the appliances."""
         out = set()
         for set_id in known_sets(self.state):
-            m, _ = await records.load(self.pool, OWNER, set_id)
+            m, _ = await set_records.load(self.pool, OWNER, set_id)
             out |= {(x.appliance, x.region_id) for x in m.members if x.region_id}
         if not others:
-            assert set(await records.list_sets(self.pool, OWNER)) == known_sets(self.state)
+            assert set(await set_records.list_sets(self.pool, OWNER)) == known_sets(self.state)
         return out
 
 
@@ -142,11 +141,11 @@ def test_crash_before_the_records_are_stored(launcher, appliances, stored):
             for set_id in sources:
                 await fs.backing.sets()[set_id].persist()
         for set_id in sources:  # what the appliances say of the sources before the crash
-            m, _ = await records.load(fs.pool, OWNER, set_name(set_id))
+            m, _ = await set_records.load(fs.pool, OWNER, set_name(set_id))
             assert [x.state for x in m.members] == (
                 ["ok"] * 3 if stored == "nothing" else ["ok", "ok", "failed"])
         snapsets = sorted(fs.state.snapsets)
-        assert not set(await records.list_sets(fs.pool, OWNER)) & {
+        assert not set(await set_records.list_sets(fs.pool, OWNER)) & {
             set_name(i) for i in snapsets}
         await fs.crash()
 
@@ -156,9 +155,9 @@ def test_crash_before_the_records_are_stored(launcher, appliances, stored):
         assert await fs.read(fs.snapshot_top(b"s")) == old
         assert await fs.regions() == await fs.referenced()
         live = {r for i in sources for r in
-                _regions(await records.load(fs.pool, OWNER, set_name(i)))}
+                _regions(await set_records.load(fs.pool, OWNER, set_name(i)))}
         snap = {r for i in snapsets for r in
-                _regions(await records.load(fs.pool, OWNER, set_name(i)))}
+                _regions(await set_records.load(fs.pool, OWNER, set_name(i)))}
         assert not live & snap and (len(live), len(snap)) == (6, 3)
         await fs.crash()
 
@@ -199,7 +198,7 @@ def test_crash_before_the_commit(launcher, appliances, scheme):
         assert await fs.regions() == regions == await fs.referenced()
         assert await fs.read(ino) == data
         for set_id in fs.state.allocator.set_sizes():  # every member, as before
-            m, _ = await records.load(fs.pool, OWNER, set_name(set_id))
+            m, _ = await set_records.load(fs.pool, OWNER, set_name(set_id))
             assert {x.state for x in m.members} == {"ok"}
         await fs.crash()
 
@@ -215,7 +214,7 @@ def test_a_failed_clone_snapshot_leaves_nothing(launcher, appliances, monkeypatc
         data = os.urandom(SIZE)
         ino = await fs.write(b"f", data)
         regions = await fs.regions()
-        original, taken = setsnap.take, []
+        original, taken = split_clone.take, []
 
         async def take(snap):
             await original(snap)
@@ -223,12 +222,12 @@ def test_a_failed_clone_snapshot_leaves_nothing(launcher, appliances, monkeypatc
             if len(taken) == 1:
                 raise SetError("injected after the clone")
 
-        monkeypatch.setattr(setsnap, "take", take)
+        monkeypatch.setattr(split_clone, "take", take)
         with pytest.raises(FsError):
             await fs.snapshots.create(ino, b"s")
         assert len(taken) == 3 and all(snap.method is None for snap in taken)
         assert await fs.regions() == regions
-        assert set(await records.list_sets(fs.pool, OWNER)) == known_sets(fs.state)
+        assert set(await set_records.list_sets(fs.pool, OWNER)) == known_sets(fs.state)
         assert fs.snapshots.by_name(b"s") is None and await fs.read(ino) == data
         await fs.crash()
 
@@ -292,7 +291,7 @@ def test_sweep_frees_only_what_no_known_set_names(launcher, appliances):
         await fs.crash()
         launcher.kill(apps[2])
         fs = await Fs.mount(apps, secret)
-        assert set_name(98) in await records.list_sets(fs.pool, OWNER)  # not swept
+        assert set_name(98) in await set_records.list_sets(fs.pool, OWNER)  # not swept
         await fs.crash()
 
     run(appliances, launcher.secret, main)

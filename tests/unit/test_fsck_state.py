@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilfs.fs import records as journal_records
+from resilfs.fs import journal_records
 from resilfs.fs.errors import FsError
 from resilfs.fs.fsck import check_state
 from resilfs.fs.journal import CHECKPOINT_MAGIC, Journal, encode_checkpoint

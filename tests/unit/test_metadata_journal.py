@@ -20,8 +20,8 @@ from resilfs.fs.errors import FsError
 from resilfs.fs.extents import page_up
 from resilfs.fs.journal import Journal
 from resilfs.fs.journal_dir import DirJournalStore
+from resilfs.fs.journal_records import ATTR_MTIME, Op
 from resilfs.fs.metadata import RENAME_NOREPLACE, Metadata
-from resilfs.fs.records import ATTR_MTIME, Op
 from resilfs.fs.state import ROOT_INODE
 
 SET_SIZE = 64 * 4096

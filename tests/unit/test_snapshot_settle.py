@@ -1,12 +1,11 @@
-"""sets.snapshot.settle: a snapshot waits for a mirror set regaining a member only if the
+"""sets.split_clone.settle: a snapshot waits for a mirror set regaining a member only if the
 set would then be split (mirror:3 and wider); a mirror:2 set is cloned, so it never waits
 (trio's mock clock: no real time passes)."""
 import trio
 
 from resilfs.codec import make_codec
 from resilfs.scheme import Scheme
-from resilfs.sets import AppliancePool, ResiliencySet
-from resilfs.sets import snapshot as setsnap
+from resilfs.sets import AppliancePool, ResiliencySet, split_clone
 from resilfs.sets.membership import OK, REBUILDING, Member, Membership
 
 
@@ -24,12 +23,12 @@ def _set(copies: int) -> ResiliencySet:
 
 async def test_settle_waits_only_for_sets_it_would_split(autojump_clock):
     start = trio.current_time()
-    await setsnap.settle(_set(2), 60.0)
+    await split_clone.settle(_set(2), 60.0)
     assert trio.current_time() == start  # cloned: nothing to wait for
     s = _set(3)
-    await setsnap.settle(s, 60.0)
+    await split_clone.settle(s, 60.0)
     assert trio.current_time() - start >= 60.0  # waited for the rebuild, up to the timeout
     s.members[-1].state, s.members[-1].dirty = OK, set()
     start = trio.current_time()
-    await setsnap.settle(s, 60.0)
+    await split_clone.settle(s, 60.0)
     assert trio.current_time() == start

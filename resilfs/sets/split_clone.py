@@ -43,7 +43,7 @@ import trio
 
 from ..codec import make_codec
 from ..transport.base import ApplianceUnavailable, NoSpace, RegionHandle, TransportError
-from . import membership as records
+from . import membership as set_records
 from .errors import NoPlacement, SetError, SetNotFound, SetUnavailable
 from .membership import FAILED, OK, REBUILDING, Member, Membership
 from .pool import AppliancePool
@@ -289,7 +289,7 @@ async def undo(snap: SetSnapshot) -> None:
     if snap._clones:
         pool = snap.source.pool
         with trio.CancelScope(shield=True):
-            await records.delete(pool, snap.source.owner, snap.set_id, pool.up())
+            await set_records.delete(pool, snap.source.owner, snap.set_id, pool.up())
     await _free_all(snap.source.pool, snap._clones)
     snap._clones = []
 
@@ -317,11 +317,11 @@ async def recover(pool: AppliancePool, owner: str, set_id: str, source_id: str,
     """
     snapshot = Membership.from_bytes(record)
     try:
-        await records.load(pool, owner, set_id)
+        await set_records.load(pool, owner, set_id)
         return False
     except SetNotFound:
         pass
-    source, generations = await records.load(pool, owner, source_id)
+    source, generations = await set_records.load(pool, owner, source_id)
     taken = {(m.appliance, m.region_id) for m in snapshot.members if m.region_id}
     stripes = -(-source.size // (source.scheme.data_chunks * source.chunk_size))
     detached = [i for i, m in enumerate(source.members) if (m.appliance, m.region_id) in taken]
@@ -339,7 +339,7 @@ async def recover(pool: AppliancePool, owner: str, set_id: str, source_id: str,
 
 async def _save(pool: AppliancePool, m: Membership, generations: dict[str, int]) -> None:
     targets = [x.appliance for x in m.members if x.state != FAILED]
-    failed = await records.save(pool, m, generations, targets,
+    failed = await set_records.save(pool, m, generations, targets,
                                 [a for a in pool.up() if a not in targets])
     if targets and len(failed) == len(targets):
         raise SetUnavailable(f"set {m.set_id!r}: no member took its record")
