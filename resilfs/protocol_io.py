@@ -37,6 +37,7 @@ import math
 import os
 import select
 import socket
+import struct
 import time
 
 import trio
@@ -66,10 +67,21 @@ def nonblocking(trio_socket) -> socket.socket:
     return sock
 
 
-def close_socket(sock: socket.socket) -> None:
-    """Close ``sock``, waking any task parked on it with ClosedResourceError."""
+def close_socket(sock: socket.socket, abort: bool = False) -> None:
+    """Close ``sock``, waking any task parked on it with ClosedResourceError.
+
+    ``abort``: discard what the kernel still holds to send and reset the connection (TCP:
+    SO_LINGER 0, an RST instead of a FIN). A plain close leaves unsent data in the kernel,
+    which delivers it whenever it can: after a network partition heals, possibly seconds
+    later, when whoever closed it has long given the request up and gone on.
+    """
     if sock.fileno() != -1:
         trio.lowlevel.notify_closing(sock)
+        if abort:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         sock.close()
 
 

@@ -1,13 +1,21 @@
-"""Appliances each in a private network namespace behind a veth pair, so that one can be cut
-off the network (a partition) and joined again: for the fault schedule over tcp.
+"""Appliances each in a private network namespace, joined by a bridge, so that one can be
+cut off the network (a partition) and joined again: for the fault schedule over tcp.
 
-Appliance ``i`` of this process runs in namespace ``rfs<pid>-<i>`` and listens on the
-namespace's end of a veth pair, ``10.231.X.Y+2:7400``; the host end is ``+1`` (a /30 per
-appliance, derived from the PID). ``cut(app)`` takes the namespace's end down: packets in
-both directions are dropped silently, as on a cut cable (connections hang, then time
-out); ``heal(app)`` brings it back. Only these namespaces are touched; ``close()`` stops
-every appliance by PID and deletes its namespace and veth. Needs root, ``ip`` and
-``nsenter``. The appliances share the host's mount namespace (see ``_spawn``).
+Appliance ``i`` of this process runs in namespace ``rfs<pid>-<i>`` and listens on
+``10.231.X.Y+2+i:7400`` (a /27 per process, derived from the PID: at most ``MAX_APPLIANCES``).
+Its veth pair leads to a bridge in a hub namespace of this process, ``rfs<pid>-hub``; one
+more veth pair joins the hub to the host, whose end has ``10.231.X.Y+1``. So the mount (on
+the host) reaches every appliance, and the appliances reach each other (forwarded writes go
+appliance to appliance) without routing or anything else configured on the host. (Before,
+each appliance had a /30 to the host and no route beyond it: appliance-to-appliance
+connections failed with "Network is unreachable", so every forwarded write marked the
+coding members failed, and one injected fault then took an ec:4+2 set beyond its
+tolerance.) ``cut(app)`` takes the appliance's end down: packets to and from it, from the
+host and from the other appliances alike, are dropped silently, as on a cut cable
+(connections hang, then time out); ``heal(app)`` brings it back. Only these namespaces are
+touched; ``close()`` stops every appliance by PID and deletes its namespaces (their veths go
+with them) and the host's veth. Needs root, ``ip`` and ``nsenter``. The appliances share
+the host's mount namespace (see ``_spawn``).
 
 The same interface as ``ApplianceLauncher`` for what the fault schedule uses: ``start``,
 ``kill``, ``stop``, ``restart``, ``close``, ``secret``, ``secret_file``; appliances with
@@ -27,6 +35,8 @@ from resilfs.protocol import HEADER_SIZE
 
 PORT = 7400
 START_TIMEOUT = 10.0
+MAX_APPLIANCES = 29  # a /27: network, host, 29 appliances, broadcast
+BRIDGE = "rfbr"  # inside the hub namespace
 
 
 def available() -> bool:
@@ -47,9 +57,8 @@ def _ip(*args: str) -> None:
 class NetnsAppliance:
     index: int
     netns: str
-    host_if: str
+    hub_if: str  # its veth's end in the hub namespace, on the bridge
     ns_if: str
-    host_ip: str
     ns_ip: str
     args: list
     log_path: str
@@ -75,28 +84,50 @@ class NetnsAppliances:
         self.secret_file = os.path.join(workdir, "secret")
         self.secret = write_secret(self.secret_file)
         self.appliances: list[NetnsAppliance] = []
+        self.hub: str | None = None  # the hub namespace, made by the first start()
+        self.host_if: str | None = None
+        self.net: str | None = None
+
+    def _hub(self) -> None:
+        """The hub namespace with its bridge, and the host's veth into it (once)."""
+        if self.hub is not None:
+            return
+        pid = os.getpid()
+        j = (pid % 2000) * 32
+        self.net = f"10.231.{j // 256}.{j % 256}"
+        self.hub = f"rfs{pid}-hub"
+        self.host_if = f"rfh{pid % 100000}"
+        host_ip = f"10.231.{j // 256}.{j % 256 + 1}"
+        _ip("netns", "add", self.hub)
+        _ip("-n", self.hub, "link", "add", BRIDGE, "type", "bridge")
+        _ip("-n", self.hub, "link", "set", BRIDGE, "up")
+        _ip("link", "add", self.host_if, "type", "veth", "peer", "name", "up0", "netns",
+            self.hub)
+        _ip("-n", self.hub, "link", "set", "up0", "master", BRIDGE)
+        _ip("-n", self.hub, "link", "set", "up0", "up")
+        _ip("addr", "add", f"{host_ip}/27", "dev", self.host_if)
+        _ip("link", "set", self.host_if, "up")
 
     def start(self, count: int, *, capacity: str, persist: bool = True) -> list:
+        if len(self.appliances) + count > MAX_APPLIANCES:
+            raise ValueError(f"at most {MAX_APPLIANCES} appliances in network namespaces")
+        self._hub()
         for _ in range(count):
             i = len(self.appliances)
-            j = ((os.getpid() % 2000) * 8 + i) * 4
-            net = f"10.231.{j // 256}.{j % 256}"
-            base = net.rsplit(".", 1)[0]
+            base, last = self.net.rsplit(".", 1)
             app = NetnsAppliance(
-                i, f"rfs{os.getpid()}-{i}", f"rfh{os.getpid() % 100000}x{i}",
-                f"rfn{os.getpid() % 100000}x{i}", f"{base}.{j % 256 + 1}",
-                f"{base}.{j % 256 + 2}",
+                i, f"rfs{os.getpid()}-{i}", f"a{i}", "eth0", f"{base}.{int(last) + 2 + i}",
                 ["--capacity", capacity, "--secret-file", self.secret_file,
                  *(["--persist-dir", os.path.join(self.workdir, f"appliance-{i}")]
                    if persist else [])],
                 os.path.join(self.workdir, f"appliance-{i}.log"))
             self.appliances.append(app)
             _ip("netns", "add", app.netns)
-            _ip("link", "add", app.host_if, "type", "veth", "peer", "name", app.ns_if,
-                "netns", app.netns)
-            _ip("addr", "add", f"{app.host_ip}/30", "dev", app.host_if)
-            _ip("link", "set", app.host_if, "up")
-            _ip("-n", app.netns, "addr", "add", f"{app.ns_ip}/30", "dev", app.ns_if)
+            _ip("-n", self.hub, "link", "add", app.hub_if, "type", "veth", "peer", "name",
+                app.ns_if, "netns", app.netns)
+            _ip("-n", self.hub, "link", "set", app.hub_if, "master", BRIDGE)
+            _ip("-n", self.hub, "link", "set", app.hub_if, "up")
+            _ip("-n", app.netns, "addr", "add", f"{app.ns_ip}/27", "dev", app.ns_if)
             _ip("-n", app.netns, "link", "set", app.ns_if, "up")
             _ip("-n", app.netns, "link", "set", "lo", "up")
             self._spawn(app)
@@ -156,6 +187,9 @@ class NetnsAppliances:
                 if app.running:
                     os.kill(app.pid, signal.SIGCONT)
                 self.stop(app)
-            subprocess.run(["ip", "link", "del", app.host_if], capture_output=True)
             subprocess.run(["ip", "netns", "del", app.netns], capture_output=True)
         self.appliances = []
+        if self.hub is not None:
+            subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self.hub], capture_output=True)
+            self.hub = None

@@ -67,7 +67,11 @@ def main(args=None) -> int:
                     h.random_fault()
                 except ScheduleFailure as exc:
                     progress.console.print(f"[red]check failed after {last[0]}:[/] {exc}")
-                    h.adopt_files()
+                    try:
+                        h.adopt_files()
+                    except ScheduleFailure as again:  # counted; the soak cannot go on
+                        progress.console.print(f"[red]cannot go on:[/] {again}")
+                        break
             if h.fault is not None:
                 try:
                     h.appliance_up()

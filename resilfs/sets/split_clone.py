@@ -127,9 +127,10 @@ class Survey:
         self.at = -math.inf  # trio clock of the last refresh
 
     async def refresh(self) -> None:
-        """STAT every connected appliance concurrently, bounded by the pool's timeout; one
-        that does not answer is dropped from the pool (``notice_down_members`` then fails
-        the members on it). Never raises."""
+        """STAT every connected appliance concurrently; one that does not answer within
+        the client's timeout (no deadline of its own: see ``AppliancePool.probe``) is
+        dropped from the pool (``notice_down_members`` then fails the members on it).
+        Never raises."""
         free: dict[str, int] = {}
         pool = self.pool
 
@@ -137,12 +138,10 @@ class Survey:
             client = None
             try:
                 client = await pool.client(address)
-                with trio.fail_after(pool.timeout):
-                    st = await client.stat()
+                st = await client.stat()
                 free[address] = max(st.capacity - st.used, 0)
-            except (TransportError, trio.TooSlowError) as e:
-                log.warning("appliance %s did not answer before a snapshot: %s", address,
-                            e or "timed out")
+            except TransportError as e:
+                log.warning("appliance %s did not answer before a snapshot: %s", address, e)
                 await pool.mark_failed(address, client)
 
         async with trio.open_nursery() as nursery:

@@ -298,12 +298,16 @@ class StreamClient(ApplianceClient):
         if self._dead is None:
             self._dead = reason
             log.warning("appliance %s unavailable: %s", self.address, reason)
+        # requests sent and not answered are given up: reset the connection so that the
+        # kernel does not deliver them later (after a partition heals, the appliance would
+        # apply a write its caller took as failed and has since rewritten or rebuilt)
+        abort = bool(self._pending)
         for pending in self._pending.values():
             if pending.event is not None:
                 pending.event.set()
         self._pending.clear()
         self._outbox, self._outbox_bytes, self._batch = [], 0, []
-        close_socket(self._sock)
+        close_socket(self._sock, abort=abort)
         for fd in self._fds or ():
             os.close(fd)
         if self._fds:

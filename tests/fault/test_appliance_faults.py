@@ -7,7 +7,9 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
+from resilfs.sets.split_clone import Survey
 from resilfs.transport import connect
 from resilfs.transport.base import (
     ApplianceUnavailable,
@@ -17,7 +19,7 @@ from resilfs.transport.base import (
 )
 from tests import appliances
 
-launcher, appliance = appliances.launcher, appliances.appliance  # fixtures
+launcher, appliance, open_pool = appliances.launcher, appliances.appliance, appliances.open_pool  # noqa: E501 - fixtures
 
 MiB = 1 << 20
 HANG_GUARD = 120  # seconds: ends a test that would otherwise hang; never a speed check
@@ -314,3 +316,38 @@ async def test_a_clone_slower_than_the_timeout_is_waited_for(launcher):
         while (await client.stat()).regions != 1:
             await trio.sleep(0.05)
     await client.aclose()
+
+
+async def test_a_probe_queued_behind_a_slow_request_drops_nothing(launcher, open_pool):
+    """Found by the soak (ec:4+2 forward over tcp, seed 1301): while one appliance was
+    stopped, every forward write to the others waited out its peer timeout (0.5 s) before
+    they answered; the rebuild worker's probe (a STAT, bounded by a deadline of its own of
+    the pool's timeout) waited behind them on the pipelined connection, timed out, and
+    dropped every healthy appliance at once: the set fell beyond its tolerance, deferred
+    writes were lost (EIO) and the set could not be opened again. Here the slow request is
+    a clone at the slowest allowed rate (96 MiB at 64 MiB/s: 1.5 s, beyond the 1 s
+    timeout; the client allows for it) with the STAT queued behind it on the same
+    connection: the appliance answers both, and nothing is dropped. The same for the
+    STAT a snapshot sends every appliance first (``Survey.refresh``)."""
+    app = launcher.start(1, capacity="400M", extra_args=("--clone-rate", "64M"))[0]
+    pool = await open_pool(launcher, timeout=1.0)
+    client = await pool.client(app.address)
+    region = await client.alloc(96 * MiB, "fault")
+    copies = []
+
+    async def clone():
+        copies.append(await client.clone(region))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clone)
+        await trio.testing.wait_all_tasks_blocked()  # the CLONE is sent, its reply awaited
+        assert await pool.probe() == []
+    assert len(copies) == 1
+    assert pool.up() == [app.address]
+    survey = Survey(pool)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clone)
+        await trio.testing.wait_all_tasks_blocked()
+        await survey.refresh()
+    assert len(copies) == 2
+    assert pool.up() == [app.address] and app.address in survey.free
