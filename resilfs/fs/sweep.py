@@ -10,7 +10,11 @@ Kept: every region named by the newest record of a set the journal knows (data s
 snapshot sets), whatever the state of that member. Freed: every other region of the
 filesystem's owner whose key some record on the appliances names (an appliance frees a
 region only with its key; a region no record ever named stays, and is counted in the log).
-Deleted: every set record of a set the journal does not know.
+Deleted: every set record of a set the journal does not know. Repaired: every copy of a
+known set's record that holds an older epoch than the newest copy (a save cut short by a
+crash left it behind; a set nothing opens again, such as a snapshot's, would keep it, and
+losing the appliances of the newest copies would then bring the older state back) is
+overwritten with the newest.
 
 Safe because it runs before the mount serves a request or starts background work, so
 nothing of this mount is allocating or moving a region between records (one mount per
@@ -40,6 +44,7 @@ class SweepReport:
     regions_freed: int = 0
     bytes_freed: int = 0
     records_deleted: int = 0
+    records_repaired: int = 0  # copies at an older epoch given the newest
     unknown_keys: int = 0  # unreferenced regions that no record names: left allocated
     skipped: str | None = None  # why nothing was done
 
@@ -64,7 +69,7 @@ async def sweep(pool: AppliancePool, owner: str, known: set[str]) -> SweepReport
         log.info("leak sweep skipped: %s", exc)
         return report
     keys = {(m.appliance, m.region_id): m.key for found in copies.values()
-            for _, record in found for m in record.members if m.region_id}
+            for _, record, _ in found for m in record.members if m.region_id}
     try:
         for address, infos in regions.items():
             client = await pool.client(address)
@@ -81,24 +86,46 @@ async def sweep(pool: AppliancePool, owner: str, known: set[str]) -> SweepReport
         for set_id, found in sorted(copies.items()):
             if set_id in known:
                 continue
-            for address, _ in found:
+            for address, _, _ in found:
                 await (await pool.client(address)).record_delete(owner,
                                                                  RECORD_PREFIX + set_id)
                 report.records_deleted += 1
-    except TransportError as exc:
+        for set_id in sorted(known):
+            report.records_repaired += await _repair(pool, owner, set_id, copies[set_id])
+    except TransportError as exc:  # RecordConflict included: another writer, stop
         log.warning("leak sweep stopped: %s", exc)
-    if report.regions_freed or report.records_deleted or report.unknown_keys:
-        log.info("leak sweep: freed %d regions (%d bytes), deleted %d set records; %d "
-                 "unreferenced regions have no known key and stay", report.regions_freed,
-                 report.bytes_freed, report.records_deleted, report.unknown_keys)
+    if (report.regions_freed or report.records_deleted or report.unknown_keys
+            or report.records_repaired):
+        log.info("leak sweep: freed %d regions (%d bytes), deleted %d set records, "
+                 "repaired %d record copies at an older epoch; %d unreferenced regions "
+                 "have no known key and stay", report.regions_freed, report.bytes_freed,
+                 report.records_deleted, report.records_repaired, report.unknown_keys)
     return report
+
+
+async def _repair(pool: AppliancePool, owner: str, set_id: str, found) -> int:
+    """Overwrite each copy of the set's record that is older than the newest with the
+    newest; the number of copies written. Raises TransportError (RecordConflict if a copy
+    changed since it was read)."""
+    newest = max(found, key=lambda copy: copy[1].epoch)
+    value = newest[1].to_bytes()
+    repaired = 0
+    for address, record, generation in found:
+        if record.epoch < newest[1].epoch:
+            log.info("set %s: the record on %s is at epoch %d; writing the newest (%d)",
+                     set_id, address, record.epoch, newest[1].epoch)
+            await (await pool.client(address)).record_put(owner, RECORD_PREFIX + set_id,
+                                                          value, generation)
+            repaired += 1
+    return repaired
 
 
 async def _survey(pool: AppliancePool, owner: str):
     """Every appliance's regions of ``owner`` and every readable copy of every set record:
-    ({address: [RegionInfo]}, {set id: [(address, Membership)]}). _Skip if one fails."""
+    ({address: [RegionInfo]}, {set id: [(address, Membership, generation)]}). _Skip if
+    one fails."""
     regions: dict[str, list[RegionInfo]] = {}
-    copies: dict[str, list[tuple[str, Membership]]] = {}
+    copies: dict[str, list[tuple[str, Membership, int]]] = {}
     failures: list[str] = []
 
     async def read(client, address: str, name: str, limiter: trio.CapacityLimiter) -> None:
@@ -111,7 +138,7 @@ async def _survey(pool: AppliancePool, owner: str):
         except ValueError as exc:
             log.warning("leak sweep: ignoring record %s on %s: %s", name, address, exc)
             return
-        copies.setdefault(name[len(RECORD_PREFIX):], []).append((address, record))
+        copies.setdefault(name[len(RECORD_PREFIX):], []).append((address, record, got[0]))
 
     async def one(address: str) -> None:
         try:
@@ -140,7 +167,7 @@ def _referenced(copies, known: set[str], cluster: set[str]) -> set[tuple[str, in
         found = copies.get(set_id)
         if not found:
             raise _Skip(f"set {set_id} has no readable record")
-        newest = max((record for _, record in found), key=lambda r: r.epoch)
+        newest = max((record for _, record, _ in found), key=lambda r: r.epoch)
         for m in newest.members:
             if m.appliance not in cluster:
                 raise _Skip(f"set {set_id} has a member on {m.appliance}, which is not in "
