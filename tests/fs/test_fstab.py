@@ -6,8 +6,10 @@ mount(8) runs mount.fuse3, which runs ``resilfs SOURCE MOUNTPOINT -o OPTIONS`` t
 (/usr/local/bin, ...). The test does not install anything on the machine: it runs in a
 private mount namespace (``unshare -m``) where a temp dir holding a ``resilfs`` link to
 this venv's command is bind-mounted over /usr/local/bin; the FUSE mount lives in that
-namespace too, and the steps that look at it run there (``_inside``). Every process the
-test starts is stopped by PID, whatever happens.
+namespace too, and the steps that look at it run there (``_inside``). The namespace first
+detaches its copies of the host's other FUSE mounts, which would otherwise keep them alive
+after the host unmounts them. Every process the test starts is stopped by PID, whatever
+happens.
 """
 import os
 import re
@@ -20,6 +22,7 @@ import time
 import pytest
 
 from resilfs.fs import embedded
+from tests.fs.conftest import make_cluster
 from tests.fs.mounting import run_cli
 from tests.fs.test_metrics import free_port, scrape, value
 
@@ -64,8 +67,26 @@ def _super_options(mountpoint: str) -> set[str]:
     raise AssertionError(f"{mountpoint} not in mountinfo")
 
 
-def _inside(cluster: str, mountpoint: str, fstab: str, log: str) -> None:
-    """The steps in the private namespace (``resilfs`` on the default PATH there)."""
+def _drop_copied_fuse_mounts() -> None:
+    """Detach, in this private namespace, the copies of the host's FUSE mounts that
+    ``unshare`` made: a copy keeps its filesystem alive after the host unmounts it, so
+    that mount's daemon would not end until this namespace does."""
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        fields = line.split()
+        if fields[fields.index("-") + 1].startswith("fuse"):
+            path = fields[4].encode().decode("unicode_escape")  # \040 is a space
+            # a mount below one detached before is gone with it: no check
+            subprocess.run(["umount", "-l", path], capture_output=True, timeout=DEADLINE)
+
+
+def _inside(cluster: str, mountpoint: str, fstab: str, log: str, host_mount: str) -> None:
+    """The steps in the private namespace (``resilfs`` on the default PATH there);
+    ``host_mount`` is a FUSE mount of the host, which must not stay copied in here."""
+    _drop_copied_fuse_mounts()
+    with open("/proc/self/mountinfo") as f:
+        assert f" {host_mount} " not in f.read()
     pid = _mount("-t", "fuse.resilfs", cluster, mountpoint,
                  "-o", f"_netdev,allow_other,noatime,nofail,log={log}")
     assert os.path.ismount(mountpoint)
@@ -90,13 +111,25 @@ def _inside(cluster: str, mountpoint: str, fstab: str, log: str) -> None:
 
 
 def test_mount_t_fuse_resilfs_and_private_fstab(fs_cluster, tmp_path):
+    other = make_cluster(tmp_path / "other")  # a mount of the host the namespace must drop
+    try:
+        host_mount = other.mount().mountpoint
+        _mount_in_a_private_namespace(fs_cluster, tmp_path, host_mount)
+        assert other.mounts[-1].unmount() == 0, other.mounts[-1].log_tail()
+    finally:
+        other.close()
+        other.launcher.close()
+
+
+def _mount_in_a_private_namespace(fs_cluster, tmp_path, host_mount: str) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     os.symlink(os.path.join(os.path.dirname(sys.executable), "resilfs"), bin_dir / "resilfs")
     inner = (f"import sys; sys.path.insert(0, {os.getcwd()!r}); "
              f"from tests.fs.test_fstab import _inside; "
              f"_inside({fs_cluster.cluster!r}, {fs_cluster.mountpoint!r}, "
-             f"{str(tmp_path / 'fstab')!r}, {str(tmp_path / 'daemon.log')!r})")
+             f"{str(tmp_path / 'fstab')!r}, {str(tmp_path / 'daemon.log')!r}, "
+             f"{host_mount!r})")
     process = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
          f"mount --bind {bin_dir} /usr/local/bin && exec {sys.executable} -c \"$0\"", inner],
