@@ -101,15 +101,7 @@ class AppliancePool:
             if last is not None and now - last < self.retry_interval:
                 raise ApplianceUnavailable(f"appliance {address} is down (retrying shortly)")
             self._last_attempt[address] = now
-            try:
-                with trio.fail_after(self.timeout * 2):
-                    client = await self._connect(address)
-            except trio.TooSlowError:
-                raise ApplianceUnavailable(f"appliance {address}: connect timed out") from None
-            except TransportError as e:
-                raise ApplianceUnavailable(f"appliance {address}: {e}") from e
-            except OSError as e:
-                raise ApplianceUnavailable(f"appliance {address}: {e.strerror or e}") from e
+            client = await self._open(address)
             self._clients[address] = client
             mapped = client.mapped()
             if mapped is not None:
@@ -125,19 +117,24 @@ class AppliancePool:
         connected or the connection attempt fails or times out."""
         if address not in self._clients:
             raise ApplianceUnavailable(f"appliance {address} is down")
+        client = await self._open(address)
+        try:
+            yield client
+        finally:
+            await self._close(address, client)
+
+    async def _open(self, address: str):
+        """A new connection to ``address``; ApplianceUnavailable if the attempt fails or
+        takes over twice the request timeout."""
         try:
             with trio.fail_after(self.timeout * 2):
-                client = await self._connect(address)
+                return await self._connect(address)
         except trio.TooSlowError:
             raise ApplianceUnavailable(f"appliance {address}: connect timed out") from None
         except TransportError as e:
             raise ApplianceUnavailable(f"appliance {address}: {e}") from e
         except OSError as e:
             raise ApplianceUnavailable(f"appliance {address}: {e.strerror or e}") from e
-        try:
-            yield client
-        finally:
-            await self._close(address, client)
 
     async def mark_failed(self, address: str, client: ApplianceClient | None = None) -> None:
         """Drop the connection to ``address`` after an error; a later ``client()`` reconnects.

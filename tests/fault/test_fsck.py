@@ -94,6 +94,22 @@ def set_copies(c, set_id: str = "data-1") -> dict[str, tuple[int, bytes]]:
     return trio.run(with_clients, c, job)
 
 
+def age_member_copy(c, set_id: str) -> tuple[str, Membership, Membership]:
+    """Put the set's record one epoch back on its first member's appliance, as a save cut
+    short there leaves it; (that appliance, the older record, the newest record)."""
+    copies = set_copies(c, set_id)
+    newest = Membership.from_bytes(next(iter(copies.values()))[1])
+    member = newest.members[0].appliance
+    generation, value = copies[member]
+    old = Membership.from_bytes(value)
+    old.epoch -= 1
+    async def job(pool):
+        await (await pool.client(member)).record_put(OWNER, record_name(set_id),
+                                                     old.to_bytes(), generation)
+    trio.run(with_clients, c, job)
+    return member, old, newest
+
+
 # -- clean ----------------------------------------------------------------------------------
 def test_clean_filesystem_is_clean_offline_and_online(fs):
     r = run_cli("fsck", fs.cluster)
@@ -173,16 +189,7 @@ def test_witnesses_that_disagree_are_found(fs):
 
 
 def test_stale_member_record_is_found(fs):
-    copies = set_copies(fs)
-    newest = Membership.from_bytes(next(iter(copies.values()))[1])
-    member = newest.members[0].appliance
-    generation, value = copies[member]
-    old = Membership.from_bytes(value)
-    old.epoch -= 1
-    async def job(pool):
-        await (await pool.client(member)).record_put(OWNER, record_name("data-1"),
-                                                     old.to_bytes(), generation)
-    trio.run(with_clients, fs, job)
+    member, old, newest = age_member_copy(fs, "data-1")
     code, problems, _ = offline(fs)
     assert code == 1
     assert (f"set data-1: member 0 on {member} is not failed but holds epoch {old.epoch}, "
@@ -201,16 +208,7 @@ def test_a_record_copy_left_at_an_older_epoch_is_repaired_by_the_next_mount(fs):
     snapshot_records = sorted(trio.run(with_clients, fs, _record_names) - before)
     assert snapshot_records, "the snapshot made no set of its own"
     set_id = snapshot_records[0][len(RECORD_PREFIX):]
-    copies = set_copies(fs, set_id)
-    newest = Membership.from_bytes(next(iter(copies.values()))[1])
-    member = newest.members[0].appliance
-    generation, value = copies[member]
-    old = Membership.from_bytes(value)
-    old.epoch -= 1
-    async def job(pool):
-        await (await pool.client(member)).record_put(OWNER, record_name(set_id),
-                                                     old.to_bytes(), generation)
-    trio.run(with_clients, fs, job)
+    member, _, newest = age_member_copy(fs, set_id)
     code, problems, _ = offline(fs)
     assert code == 1 and any("not the newest" in p for p in problems), problems
     fs.mount()
